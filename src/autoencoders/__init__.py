@@ -1,0 +1,1 @@
+"""The autoencoders of a classic textbook chapter (plain, sparse, denoising) on MNIST."""

@@ -1,0 +1,49 @@
+"""What the Hydra configs need from code: the repo root resolver and the settings check."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # src/autoencoders/config.py -> repo
+
+
+def register_resolvers() -> None:
+    """`${repo_root:}`: the repo root, so default paths do not depend on the working dir."""
+    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+
+
+class SettingError(ValueError):
+    """A setting outside its allowed range."""
+
+
+# key -> (low, high, low inclusive, high inclusive, must be an integer, allowed range in words)
+RANGES = {
+    "noise_prob": (0, 1, True, False, False, "[0, 1)"),
+    "rho": (0, 1, False, False, False, "(0, 1)"),
+    "beta": (0, math.inf, True, False, False, ">= 0"),
+    "threshold": (0, 1, True, False, False, "[0, 1)"),
+    "latent_space": (1, math.inf, True, False, True, "an integer >= 1"),
+    "batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
+    "learning_rate": (0, math.inf, False, False, False, "> 0"),
+    "trainer.max_steps": (1, math.inf, True, False, True, "an integer >= 1"),
+}
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Raise SettingError naming the setting, its value and the allowed range."""
+    for key, (low, high, low_ok, high_ok, integer, allowed) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        valid = (
+            is_number
+            and (not integer or float(value).is_integer())
+            and (low < value or (low_ok and value == low))
+            and (value < high or (high_ok and value == high))
+        )
+        if not valid:
+            raise SettingError(f"{key}={value!r} is out of range: it must be {allowed}")

@@ -1,0 +1,161 @@
+"""MNIST as in-memory uint8 tensors, served as (clean, masked) batches of flat images.
+
+Determinism by construction: training batch `s` is rows `[s*B, (s+1)*B)` of an endless
+stream made of one seeded permutation of the training split per pass, and its mask is
+drawn from a generator seeded with (seed, s). So the data a run sees is a pure function
+of (seed, global step): same seed, same run, and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torchvision.datasets import MNIST
+
+from autoencoders.mnist_files import ensure_mnist
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from (seed, stream name, index, ...), stable across processes and versions."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def keep_mask(shape: torch.Size, noise_prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Masking noise: True where a pixel is kept, each pixel dropped with `noise_prob`."""
+    uniform = torch.rand(shape, generator=generator, device=generator.device)
+    return uniform >= noise_prob
+
+
+class TrainBatches:
+    """The training batches of one pass, from the trainer's current step on.
+
+    Yields `(images uint8 [B, 784], step)`. A pass has `ceil(N / B)` steps; the stream
+    runs on across passes (a batch may straddle two permutations), like the chapter's
+    `next_batch`. Starting from the trainer's global step makes a resumed run pick up
+    at the step it stopped at.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, current_step):
+        self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.current_step = current_step  # callable: the trainer's global step
+        self.steps_per_pass = math.ceil(len(images) / batch_size)
+        self._permutations: dict[int, torch.Tensor] = {}  # at most two passes live at a time
+
+    def __len__(self) -> int:
+        return self.steps_per_pass
+
+    def permutation(self, pass_index: int) -> torch.Tensor:
+        if pass_index not in self._permutations:
+            if len(self._permutations) == 2:
+                del self._permutations[min(self._permutations)]
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", pass_index))
+            self._permutations[pass_index] = torch.randperm(len(self.images), generator=generator)
+        return self._permutations[pass_index]
+
+    def indices(self, step: int) -> torch.Tensor:
+        n = len(self.images)
+        start = step * self.batch_size
+        pass_index, offset = divmod(start, n)
+        idx = self.permutation(pass_index)[offset : offset + self.batch_size]
+        if len(idx) < self.batch_size:  # straddles two passes
+            idx = torch.cat([idx, self.permutation(pass_index + 1)[: self.batch_size - len(idx)]])
+        return idx
+
+    def __iter__(self):
+        first = self.current_step()
+        last = (first // self.steps_per_pass + 1) * self.steps_per_pass  # end of this pass
+        for step in range(first, last):
+            yield self.images[self.indices(step)], step
+
+
+class EvalBatches:
+    """Fixed batches `(images uint8 [b, 784], keep bool [b, 784])`, in order."""
+
+    def __init__(self, images: torch.Tensor, keep: torch.Tensor, batch_size: int):
+        self.images, self.keep, self.batch_size = images, keep, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.images), self.batch_size):
+            yield self.images[i : i + self.batch_size], self.keep[i : i + self.batch_size]
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """Clean and masked MNIST batches: train 55,000 / val 5,000 (the first) / test 10,000.
+
+    Batches leave the loaders as uint8 and become `(clean, masked)` float tensors in [0, 1],
+    shape [B, 784], in `on_after_batch_transfer`, on the batch's device. Training masks are
+    fresh for every step; validation and test masks are fixed by `eval_mask_seed`.
+    """
+
+    dataset_class = MNIST
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 64,
+        noise_prob: float = 0.0,
+        seed: int = 0,
+        num_val: int = 5000,
+        eval_batch_size: int = 1000,
+        eval_mask_seed: int = 2024,
+    ):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.batch_size, self.noise_prob, self.seed = batch_size, noise_prob, seed
+        self.num_val, self.eval_batch_size, self.eval_mask_seed = num_val, eval_batch_size, eval_mask_seed
+        self.train_images = self.val_images = self.test_images = None
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def prepare_data(self) -> None:
+        ensure_mnist(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_images is not None:
+            return  # loaded once, shared by fit and test
+        train = self.dataset_class(str(self.data_dir), train=True, download=False).data
+        test = self.dataset_class(str(self.data_dir), train=False, download=False).data
+        train, test = train.flatten(1), test.flatten(1)  # uint8 [N, 784]
+        self.val_images, self.train_images = train[: self.num_val], train[self.num_val :]
+        self.test_images = test
+        self.val_keep = self.fixed_mask(len(self.val_images), "val")
+        self.test_keep = self.fixed_mask(len(self.test_images), "test")
+
+    def fixed_mask(self, n: int, split: str) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(derive_seed(self.eval_mask_seed, split))
+        return keep_mask(torch.Size((n, 784)), self.noise_prob, generator)
+
+    def current_step(self) -> int:
+        return self.trainer.global_step if self.trainer is not None else 0
+
+    def train_dataloader(self) -> TrainBatches:
+        return TrainBatches(self.train_images, self.batch_size, self.seed, self.current_step)
+
+    def val_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.val_images, self.val_keep, self.eval_batch_size)
+
+    def test_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.test_images, self.test_keep, self.eval_batch_size)
+
+    def train_keep(self, step: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """The training mask of `step`, drawn on `device` from a generator seeded by (seed, step)."""
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        generator.manual_seed(derive_seed(self.seed, "mask", step))
+        return keep_mask(shape, self.noise_prob, generator)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        images, extra = batch
+        clean = images.float().div_(255)  # [B, 784] in [0, 1]
+        if self.noise_prob == 0:
+            return clean, clean
+        keep = extra if isinstance(extra, torch.Tensor) else self.train_keep(extra, clean.shape, clean.device)
+        return clean, clean * keep

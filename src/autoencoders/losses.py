@@ -1,0 +1,24 @@
+"""The chapter's losses: reconstruction cross-entropy and the KL sparsity penalty."""
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6  # keeps the KL finite when a unit's mean activation is exactly 0 or 1
+
+
+def reconstruction_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sigmoid cross-entropy, mean over pixels and images (TF's reduce_mean of
+    sigmoid_cross_entropy_with_logits)."""
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def kl_sparsity(hidden: torch.Tensor, rho: float) -> torch.Tensor:
+    """KL(rho || rho_hat) averaged over hidden units, rho_hat = batch-mean activation.
+
+    hidden: [B, H] sigmoid activations. Equal to the chapter's
+    `-reduce_mean(log(rho_hat/rho)*rho + log((1-rho_hat)/(1-rho))*(1-rho))`,
+    with rho_hat clamped to [EPS, 1-EPS] so it stays finite at 0 and 1.
+    """
+    rho_hat = hidden.mean(dim=0).clamp(EPS, 1 - EPS)  # [H]
+    kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+    return kl.mean()

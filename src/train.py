@@ -1,0 +1,59 @@
+"""Train one autoencoder: compose -> build -> fit -> test -> report.
+
+    python src/train.py                                   # the chapter's plain autoencoder
+    python src/train.py variant=denoising noise_prob=0.5
+    python src/train.py -m variant=plain,sparse,denoising # a sweep
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from autoencoders.config import check_settings, register_resolvers
+from autoencoders.model import Autoencoder
+from autoencoders.reporting import format_table, write_metrics
+
+register_resolvers()
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trainer]:
+    """The data module, model and trainer that `cfg` describes."""
+    datamodule = instantiate(cfg.data)
+    model = Autoencoder(
+        latent_space=cfg.latent_space,
+        beta=cfg.beta,
+        rho=cfg.rho,
+        threshold=cfg.threshold,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+    )
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test with the weights at the end of training; returns the final metrics."""
+    check_settings(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    metrics.update(test_metrics)
+    write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    print(format_table(metrics))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)["val/bce"]
+
+
+if __name__ == "__main__":
+    main()

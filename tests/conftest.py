@@ -1,0 +1,66 @@
+"""Shared fixtures: synthetic MNIST IDX files and composed configs for tiny runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from autoencoders.config import REPO_ROOT, register_resolvers
+from autoencoders.mnist_files import raw_dir, write_idx
+
+CONF_DIR = REPO_ROOT / "conf"
+NUM_TRAIN_FILE, NUM_TEST = 5600, 300  # the train file holds 5,000 validation + 600 training images
+
+
+def synthetic_images(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Digit-like uint8 images [n, 28, 28]: a bright random stroke on a dark background.
+    Pixels 0 and 1 of the first row store the image's index (i % 256, i // 256)."""
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        row, col = rng.integers(4, 20, size=2)
+        images[i, row : row + 8, col : col + 3] = rng.integers(150, 256, size=(8, 3))
+    images[:, 0, 0] = np.arange(n) % 256
+    images[:, 0, 1] = np.arange(n) // 256
+    return images
+
+
+def write_synthetic_mnist(data_dir: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    out = raw_dir(data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_idx(out / "train-images-idx3-ubyte", synthetic_images(NUM_TRAIN_FILE, rng))
+    write_idx(out / "train-labels-idx1-ubyte", rng.integers(0, 10, NUM_TRAIN_FILE, dtype=np.uint8))
+    write_idx(out / "t10k-images-idx3-ubyte", synthetic_images(NUM_TEST, rng))
+    write_idx(out / "t10k-labels-idx1-ubyte", rng.integers(0, 10, NUM_TEST, dtype=np.uint8))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:
+    """A data_dir with small synthetic MNIST IDX files (read-only use: copy to modify)."""
+    return write_synthetic_mnist(tmp_path_factory.mktemp("data"))
+
+
+def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:
+    """Overrides that make any run a few seconds long on synthetic data."""
+    return [
+        f"data.data_dir={data_dir}",
+        f"paths.output_dir={output_dir}",
+        "trainer=debug",
+        "data.eval_batch_size=500",
+    ]
+
+
+@pytest.fixture
+def make_cfg(mnist_dir, tmp_path):
+    """make_cfg("variant=sparse", ...) -> the composed train config of a tiny run."""
+    register_resolvers()
+
+    def _make(*overrides: str, config_name: str = "train"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name, overrides=[*tiny_overrides(mnist_dir, tmp_path), *overrides])
+
+    return _make

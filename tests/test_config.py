@@ -1,0 +1,85 @@
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from autoencoders.config import SettingError, check_settings
+
+from .conftest import CONF_DIR
+
+GROUPS = ["data", "variant", "optimizer", "trainer"]
+
+
+@pytest.mark.parametrize(
+    "group, option",
+    [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))],
+)
+def test_every_config_group_option_composes(make_cfg, group, option):
+    cfg = make_cfg(f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    check_settings(cfg)
+    if group == "optimizer":
+        import torch
+
+        optimizer = instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(2))])
+        assert optimizer.defaults["lr"] == cfg.learning_rate
+    if group == "data":
+        assert instantiate(cfg.data).batch_size == cfg.batch_size
+    if group == "trainer":
+        assert cfg.trainer.max_steps >= 1 and cfg.trainer._target_.endswith("Trainer")
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], {"noise_prob": 0.0, "beta": 0.0}),
+        (["variant=sparse"], {"noise_prob": 0.0, "beta": 1.0, "rho": 0.05}),
+        (["variant=denoising"], {"noise_prob": 0.3, "beta": 0.0}),
+        (["variant=denoising", "noise_prob=0.5"], {"noise_prob": 0.5, "beta": 0.0}),
+        (["variant=sparse", "noise_prob=0.3"], {"noise_prob": 0.3, "beta": 1.0}),
+    ],
+)
+def test_variants_set_their_settings_and_the_command_line_wins(make_cfg, overrides, expected):
+    cfg = make_cfg(*overrides)
+    for key, value in expected.items():
+        assert cfg[key] == value, key
+    assert cfg.data.noise_prob == expected["noise_prob"]  # the data module gets it too
+
+
+def test_chapter_defaults(make_cfg):
+    cfg = make_cfg("trainer=default")
+    assert (cfg.batch_size, cfg.latent_space, cfg.learning_rate) == (64, 128, 0.1)
+    assert (cfg.rho, cfg.threshold) == (0.05, 0.1)
+    assert cfg.optimizer._target_ == "torch.optim.Adagrad"
+    assert cfg.optimizer.initial_accumulator_value == 0.1
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (10000, 1000)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("noise_prob=1.0", "noise_prob=1.0 is out of range: it must be [0, 1)"),
+        ("noise_prob=-0.1", "noise_prob=-0.1 is out of range: it must be [0, 1)"),
+        ("rho=0", "rho=0 is out of range: it must be (0, 1)"),
+        ("rho=1.0", "rho=1.0 is out of range: it must be (0, 1)"),
+        ("beta=-1", "beta=-1 is out of range: it must be >= 0"),
+        ("threshold=1", "threshold=1 is out of range: it must be [0, 1)"),
+        ("batch_size=0", "batch_size=0 is out of range: it must be an integer >= 1"),
+        ("batch_size=2.5", "batch_size=2.5 is out of range: it must be an integer >= 1"),
+        ("latent_space=0", "latent_space=0 is out of range: it must be an integer >= 1"),
+        ("learning_rate=0", "learning_rate=0 is out of range: it must be > 0"),
+        ("trainer.max_steps=0", "trainer.max_steps=0 is out of range: it must be an integer >= 1"),
+        ("noise_prob=abc", "noise_prob='abc' is out of range: it must be [0, 1)"),
+    ],
+)
+def test_bad_settings_name_the_setting_and_allowed_range(make_cfg, override, message):
+    with pytest.raises(SettingError) as error:
+        check_settings(make_cfg(override))
+    assert str(error.value) == message
+
+
+def test_unknown_variant_gets_hydras_error_listing_the_options(make_cfg):
+    with pytest.raises((MissingConfigException, ConfigCompositionException)) as error:
+        make_cfg("variant=sprase")
+    assert "variant" in str(error.value)
+    assert "denoising" in str(error.value) and "sparse" in str(error.value)

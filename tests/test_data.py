@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from autoencoders.data import MNISTDataModule, TrainBatches
+
+from .conftest import NUM_TEST, NUM_TRAIN_FILE
+
+
+def image_index(images: torch.Tensor) -> torch.Tensor:
+    """The index that the synthetic fixture wrote into pixels 0 and 1 of each image."""
+    return images[:, 0].long() + 256 * images[:, 1].long()
+
+
+def datamodule(mnist_dir, **kwargs) -> MNISTDataModule:
+    dm = MNISTDataModule(str(mnist_dir), **kwargs)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def first_train_batch(dm: MNISTDataModule, step: int = 0):
+    """The (clean, masked) float batch of training `step`, as the model receives it."""
+    batches = TrainBatches(dm.train_images, dm.batch_size, dm.seed, lambda: step)
+    return dm.on_after_batch_transfer(next(iter(batches)))
+
+
+def test_split_sizes_and_validation_is_the_first_5000(mnist_dir):
+    dm = datamodule(mnist_dir)
+    assert len(dm.val_images) == 5000
+    assert len(dm.train_images) == NUM_TRAIN_FILE - 5000
+    assert len(dm.test_images) == NUM_TEST
+    assert torch.equal(image_index(dm.val_images), torch.arange(5000))
+    assert torch.equal(image_index(dm.train_images), torch.arange(5000, NUM_TRAIN_FILE))
+
+
+def test_batches_are_flat_floats_in_unit_range(mnist_dir):
+    dm = datamodule(mnist_dir, batch_size=32)
+    clean, masked = first_train_batch(dm)
+    assert clean.shape == masked.shape == (32, 784)
+    assert clean.dtype == torch.float32
+    assert 0 <= clean.min() and clean.max() <= 1
+    assert clean.max() == 1.0  # 255 maps to exactly 1 (the fixture has bright pixels)
+
+
+def test_one_pass_visits_every_training_image_once(mnist_dir):
+    dm = datamodule(mnist_dir, batch_size=100)  # 600 images: 6 steps per pass
+    batches = TrainBatches(dm.train_images, 100, seed=3, current_step=lambda: 0)
+    seen = torch.cat([image_index(images) for images, _ in batches])
+    assert len(batches) == 6
+    assert torch.equal(seen.sort().values, torch.arange(5000, NUM_TRAIN_FILE))
+    assert not torch.equal(seen, torch.arange(5000, NUM_TRAIN_FILE))  # shuffled
+
+
+def test_batch_order_is_a_function_of_seed_and_step(mnist_dir):
+    dm = datamodule(mnist_dir, batch_size=64)  # 600 / 64: batch 9 straddles two passes
+    from_start = list(TrainBatches(dm.train_images, 64, 7, lambda: 0))
+    resumed = TrainBatches(dm.train_images, 64, 7, lambda: 4)
+    resumed_batches = list(resumed)
+    assert len(resumed_batches) == len(from_start) - 4  # runs to the end of the pass
+    for (a, step_a), (b, step_b) in zip(from_start[4:], resumed_batches, strict=True):
+        assert step_a == step_b and torch.equal(a, b)
+    other_seed = next(iter(TrainBatches(dm.train_images, 64, 8, lambda: 0)))[0]
+    assert not torch.equal(other_seed, from_start[0][0])
+    next_pass = TrainBatches(dm.train_images, 64, 7, lambda: 10)
+    assert next(iter(next_pass))[1] == 10 and len(list(next_pass)) == 10
+
+
+@pytest.mark.parametrize("noise_prob", [0.1, 0.3, 0.7])
+def test_training_masks_drop_pixels_at_noise_prob(mnist_dir, noise_prob):
+    dm = datamodule(mnist_dir, batch_size=256, noise_prob=noise_prob)
+    clean = torch.ones(256, 784)
+    keep = dm.train_keep(0, clean.shape, clean.device)
+    assert (1 - keep.float().mean()).item() == pytest.approx(noise_prob, abs=0.01)
+    clean, masked = first_train_batch(dm)  # the batch of step 0 gets the mask of step 0
+    assert torch.equal(masked, clean * dm.train_keep(0, clean.shape, clean.device))
+
+
+def test_training_masks_are_fresh_per_step_and_fixed_per_seed_and_step(mnist_dir):
+    dm = datamodule(mnist_dir, noise_prob=0.3, seed=1)
+    same_seed = datamodule(mnist_dir, noise_prob=0.3, seed=1)
+    other_seed = datamodule(mnist_dir, noise_prob=0.3, seed=2)
+    shape, cpu = torch.Size((64, 784)), torch.device("cpu")
+    assert not torch.equal(dm.train_keep(0, shape, cpu), dm.train_keep(1, shape, cpu))
+    assert torch.equal(dm.train_keep(5, shape, cpu), same_seed.train_keep(5, shape, cpu))
+    assert not torch.equal(dm.train_keep(5, shape, cpu), other_seed.train_keep(5, shape, cpu))
+
+
+def test_validation_and_test_masks_are_fixed_across_epochs_and_runs(mnist_dir):
+    dm = datamodule(mnist_dir, noise_prob=0.3, seed=1)
+    other_run = datamodule(mnist_dir, noise_prob=0.3, seed=2)
+    for loader in ("val_dataloader", "test_dataloader"):
+        first = [dm.on_after_batch_transfer(b)[1] for b in getattr(dm, loader)()]
+        again = [dm.on_after_batch_transfer(b)[1] for b in getattr(dm, loader)()]
+        other = [other_run.on_after_batch_transfer(b)[1] for b in getattr(other_run, loader)()]
+        assert all(map(torch.equal, first, again)) and all(map(torch.equal, first, other))
+    dropped = 1 - dm.test_keep.float().mean().item()
+    assert dropped == pytest.approx(0.3, abs=0.01)
+    assert not torch.equal(dm.val_keep[:NUM_TEST], dm.test_keep)  # val and test differ
+
+
+def test_no_noise_means_masked_equals_clean(mnist_dir):
+    dm = datamodule(mnist_dir, noise_prob=0.0)
+    clean, masked = first_train_batch(dm)
+    assert torch.equal(clean, masked)
+    clean, masked = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())))
+    assert torch.equal(clean, masked)
+
+
+def test_eval_batches_cover_the_split_in_order(mnist_dir):
+    dm = datamodule(mnist_dir, eval_batch_size=128)
+    batches = list(dm.test_dataloader())
+    assert len(batches) == len(dm.test_dataloader()) == 3  # 128 + 128 + 44
+    assert torch.equal(torch.cat([images for images, _ in batches]), dm.test_images)

@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+import torch
+
+from autoencoders.losses import kl_sparsity, reconstruction_bce
+
+
+def chapter_kl(hidden: np.ndarray, rho: float) -> float:
+    """The chapter's TF formula, written with numpy."""
+    data_rho = hidden.mean(axis=0)
+    return float(
+        -np.mean(np.log(data_rho / rho) * rho + np.log((1 - data_rho) / (1 - rho)) * (1 - rho))
+    )
+
+
+@pytest.mark.parametrize("rho", [0.05, 0.2, 0.5])
+def test_kl_matches_the_chapter_formula(rho):
+    hidden = np.array([[0.1, 0.9, 0.05, 0.3], [0.3, 0.7, 0.01, 0.5], [0.2, 0.8, 0.09, 0.1]])
+    ours = kl_sparsity(torch.tensor(hidden, dtype=torch.float64), rho)
+    assert ours.item() == pytest.approx(chapter_kl(hidden, rho), rel=1e-9)
+
+
+def test_kl_is_zero_when_mean_activation_equals_rho():
+    hidden = torch.full((8, 16), 0.05)
+    assert kl_sparsity(hidden, 0.05).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_is_finite_with_gradients_at_activations_of_zero_and_one():
+    hidden = torch.tensor([[0.0, 1.0, 0.3], [0.0, 1.0, 0.6]], requires_grad=True)
+    kl = kl_sparsity(hidden, 0.05)
+    kl.backward()
+    assert torch.isfinite(kl) and kl > 0
+    assert torch.isfinite(hidden.grad).all()
+
+
+def test_bce_is_the_mean_sigmoid_cross_entropy():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
+    target = torch.tensor([[1.0, 0.0], [0.2, 0.7]])
+    p = torch.sigmoid(logits)
+    by_hand = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    assert reconstruction_bce(logits, target).item() == pytest.approx(by_hand.item(), rel=1e-6)

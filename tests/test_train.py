@@ -1,0 +1,79 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from autoencoders.config import REPO_ROOT
+from train import build, train
+
+TEST_METRICS = {
+    "test/bce", "test/bce_masked", "test/mean_activation", "test/active_fraction", "test/bce_zeroed",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["plain", "sparse", "denoising"])
+def test_each_variant_trains_and_its_loss_goes_down(make_cfg, variant):
+    cfg = make_cfg(f"variant={variant}", "trainer.max_steps=30", "learning_rate=0.3")
+    torch.manual_seed(0)
+    datamodule, model, trainer = build(cfg)
+    (before,) = trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 30
+    assert trainer.callback_metrics["val/bce"] < before["val/bce"] - 0.05
+    assert model.hparams.beta == cfg.beta and datamodule.noise_prob == cfg.noise_prob
+
+
+def test_sparse_penalty_pulls_mean_activation_towards_rho(make_cfg, tmp_path):
+    short = ["trainer.max_steps=60", "learning_rate=0.3"]
+    plain = train(make_cfg(*short, f"paths.output_dir={tmp_path / 'plain'}"))
+    sparse = train(make_cfg("variant=sparse", *short, f"paths.output_dir={tmp_path / 'sparse'}"))
+    assert sparse["test/mean_activation"] < plain["test/mean_activation"] - 0.05
+
+
+def test_train_writes_metrics_json_picture_and_checkpoints(make_cfg, tmp_path):
+    metrics = train(make_cfg("variant=denoising"))
+    assert set(metrics) == TEST_METRICS | {"val/bce"}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert metrics["test/bce_masked"] > metrics["test/bce"]  # masked input is harder
+    assert 0 <= metrics["test/active_fraction"] <= 1
+    with Image.open(tmp_path / "reconstructions.png") as grid:  # 4 rows of 10 digits
+        assert grid.size == (10 * 30 + 2, 4 * 30 + 2)
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def run_train_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "src/train.py", *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_the_documented_command_runs_as_written(mnist_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train_script(
+        "variant=denoising", "noise_prob=0.5",  # the command as documented, plus a tiny run:
+        f"data.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}", "trainer=debug",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == TEST_METRICS | {"val/bce"}
+    assert (run_dir / "reconstructions.png").is_file()
+    assert "noise_prob: 0.5" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "test/bce_masked" in result.stdout  # the final table
+
+
+def test_a_bad_setting_stops_the_script_with_a_clear_error(mnist_dir, tmp_path):
+    result = run_train_script("noise_prob=1.5", f"data.data_dir={mnist_dir}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "noise_prob=1.5 is out of range: it must be [0, 1)" in result.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_an_unknown_variant_stops_the_script_with_hydras_error(mnist_dir, tmp_path):
+    result = run_train_script("variant=sprase", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "variant/sprase" in result.stderr and "Available options" in result.stderr
