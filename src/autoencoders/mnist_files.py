@@ -162,7 +162,8 @@ def ensure_mnist(data_dir: str | Path) -> None:
             log.info("MNIST: fetched through %s into %s", label, raw_dir(data_dir))
             return
         except Exception as err:  # each source may fail in its own way; the next one is tried
-            log.warning("MNIST: %s failed: %s", label, str(err).strip().splitlines()[-1:])
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            log.warning("MNIST: %s failed: %s", label, reason)
     raise DataFileError(
         f"Could not get MNIST. Put the four uncompressed IDX files {sorted(MNIST_MD5)} "
         f"into {raw_dir(data_dir).resolve()} (or set data.data_dir to a folder whose "
