@@ -1,8 +1,8 @@
 """Train one autoencoder: compose -> build -> fit -> test -> report.
 
-    python src/train.py                                   # the chapter's plain autoencoder
-    python src/train.py variant=denoising noise_prob=0.5
-    python src/train.py -m variant=plain,sparse,denoising # a sweep
+python src/train.py                                   # the chapter's plain autoencoder
+python src/train.py variant=denoising noise_prob=0.5
+python src/train.py -m variant=plain,sparse,denoising # a sweep
 """
 
 from __future__ import annotations

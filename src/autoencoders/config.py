@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # src/autoencoders/config.py -> repo
@@ -47,3 +48,17 @@ def check_settings(cfg: DictConfig) -> None:
         )
         if not valid:
             raise SettingError(f"{key}={value!r} is out of range: it must be {allowed}")
+
+
+class CheckSettingsFirst(Callback):
+    """Hydra callback: check the settings of a single run before Hydra creates its directory.
+
+    Hydra turns exceptions in callbacks into warnings, so this exits with the message.
+    (Multirun jobs are checked at the start of `train`.)
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_settings(config)
+        except SettingError as error:
+            raise SystemExit(f"Error: {error}") from None

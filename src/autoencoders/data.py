@@ -49,6 +49,14 @@ class TrainBatches:
     def __len__(self) -> int:
         return self.steps_per_pass
 
+    # Resumable: the position is the trainer's global step, restored with the checkpoint,
+    # so there is no state of our own to save (this tells Lightning so).
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
     def permutation(self, pass_index: int) -> torch.Tensor:
         if pass_index not in self._permutations:
             if len(self._permutations) == 2:
@@ -108,14 +116,20 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_mask_seed: int = 2024,
     ):
         super().__init__()
+        self.save_hyperparameters()  # into checkpoints, so evaluation rebuilds the same data
         self.data_dir = Path(data_dir)
         self.batch_size, self.noise_prob, self.seed = batch_size, noise_prob, seed
-        self.num_val, self.eval_batch_size, self.eval_mask_seed = num_val, eval_batch_size, eval_mask_seed
+        self.num_val, self.eval_batch_size, self.eval_mask_seed = (
+            num_val,
+            eval_batch_size,
+            eval_mask_seed,
+        )
         self.train_images = self.val_images = self.test_images = None
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def prepare_data(self) -> None:
-        ensure_mnist(self.data_dir)
+        if self.train_images is None:  # fit and test share one check of the files
+            ensure_mnist(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_images is not None:
@@ -145,7 +159,7 @@ class MNISTDataModule(pl.LightningDataModule):
         return EvalBatches(self.test_images, self.test_keep, self.eval_batch_size)
 
     def train_keep(self, step: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """The training mask of `step`, drawn on `device` from a generator seeded by (seed, step)."""
+        """The mask of training `step`, drawn on `device`, seeded with (seed, step)."""
         generator = self._generators.get(device)
         if generator is None:
             generator = self._generators[device] = torch.Generator(device=device)
@@ -157,5 +171,9 @@ class MNISTDataModule(pl.LightningDataModule):
         clean = images.float().div_(255)  # [B, 784] in [0, 1]
         if self.noise_prob == 0:
             return clean, clean
-        keep = extra if isinstance(extra, torch.Tensor) else self.train_keep(extra, clean.shape, clean.device)
+        keep = (
+            extra
+            if isinstance(extra, torch.Tensor)
+            else self.train_keep(extra, clean.shape, clean.device)
+        )
         return clean, clean * keep

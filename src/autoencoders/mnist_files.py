@@ -84,7 +84,9 @@ def check_files(data_dir: str | Path) -> None:
         check_idx_file(raw_dir(data_dir) / name)
     differ = [n for n, digest in MNIST_MD5.items() if md5(raw_dir(data_dir) / n) != digest]
     if differ:
-        log.warning("MNIST files in %s differ from the official ones: %s", raw_dir(data_dir), differ)
+        log.warning(
+            "MNIST files in %s differ from the official ones: %s", raw_dir(data_dir), differ
+        )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -82,5 +82,10 @@ class Autoencoder(pl.LightningModule):
         }
         self.log_dict(metrics, batch_size=len(clean))
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Never write a checkpoint of diverged weights."""
+        if not all(torch.isfinite(p).all() for p in self.parameters()):
+            raise RuntimeError(f"non-finite weights at step {self.global_step}: not saving them")
+
     def configure_optimizers(self):
         return instantiate(self.hparams.optimizer, params=self.parameters())

@@ -1,0 +1,123 @@
+"""Nothing lost: checkpoints, exact resume, evaluation from a checkpoint, determinism, NaN."""
+
+import json
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from autoencoders.callbacks import DivergenceError
+from autoencoders.config import REPO_ROOT
+from eval import evaluate
+from train import build, train
+
+from .conftest import CONF_DIR, run_script
+
+
+def read_metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(mnist_dir, tmp_path):
+    # 600 training images / 64 = 10 steps per pass: the checkpoint at step 25 is mid-pass.
+    common = [
+        f"data.data_dir={mnist_dir}", "trainer=debug", "trainer.max_steps=60",
+        "callbacks.last_checkpoint.every_n_train_steps=25", "variant=denoising",
+    ]  # fmt: skip
+    full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
+    assert run_script("train.py", *common, f"hydra.run.dir={full}").returncode == 0
+    kill = ["+callbacks.kill._target_=tests.crash.KillAtStep", "+callbacks.kill.step=33"]
+    result = run_script(
+        "train.py", *common, *kill, f"hydra.run.dir={crashed}", pythonpath=str(REPO_ROOT)
+    )
+    assert result.returncode == -9  # SIGKILL: nothing ran after step 33
+    last = crashed / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 25
+    result = run_script("train.py", *common, f"ckpt_path={last}", f"hydra.run.dir={resumed}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_metrics(resumed) == read_metrics(full)  # exact, not approx
+    assert last.is_file()  # the interrupted run's files are untouched
+
+
+def test_last_checkpoint_is_saved_at_the_end_and_loads_weights_only(make_cfg, tmp_path):
+    train(make_cfg("trainer.max_steps=23", "callbacks.last_checkpoint.every_n_train_steps=10"))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 23
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] in (10, 20)  # saved after a validation, by val/bce
+
+
+def test_eval_reproduces_the_training_time_test_metrics(make_cfg, tmp_path):
+    trained = train(make_cfg("variant=denoising", "threshold=0.2"))
+    eval_dir = tmp_path / "eval"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=[
+            f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+            f"paths.output_dir={eval_dir}", "thresholds=[0.1,0.2]",
+        ])  # fmt: skip
+    evaluated = evaluate(cfg)
+    for name, value in trained.items():
+        if name.startswith("test/"):
+            assert evaluated[name] == value, name
+    assert evaluated["test/bce_zeroed@0.2"] == trained["test/bce_zeroed"]
+    assert evaluated["test/active_fraction@0.1"] >= evaluated["test/active_fraction@0.2"]
+    assert read_metrics(eval_dir) == pytest.approx(evaluated)
+    assert (eval_dir / "reconstructions.png").is_file()
+
+
+def test_eval_script_runs_from_the_command_line(make_cfg, tmp_path):
+    train(make_cfg())
+    out = tmp_path / "eval"
+    result = run_script(
+        "eval.py", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"test/bce", "test/bce_zeroed@0.05", "test/active_fraction@0.3"} <= set(
+        read_metrics(out)
+    )
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(make_cfg, tmp_path):
+    first = train(make_cfg("variant=denoising", f"paths.output_dir={tmp_path / 'a'}"))
+    again = train(make_cfg("variant=denoising", f"paths.output_dir={tmp_path / 'b'}"))
+    other = train(make_cfg("variant=denoising", "seed=1", f"paths.output_dir={tmp_path / 'c'}"))
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    assert first == again
+    assert other["test/bce"] != first["test/bce"]
+
+
+def test_a_diverging_run_stops_at_once_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
+    cfg = make_cfg(
+        "optimizer=sgd", "learning_rate=1e38", "callbacks.last_checkpoint.every_n_train_steps=1"
+    )
+    with pytest.raises(
+        DivergenceError,
+        match=r"inf at step 2.*learning_rate=1e\+38 is too high for torch.optim.SGD",
+    ):
+        train(cfg)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 1
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_weights_that_are_not_finite_are_never_saved(make_cfg, tmp_path):
+    datamodule, model, trainer = build(make_cfg("trainer.max_steps=2"))
+    trainer.fit(model, datamodule=datamodule)
+    with torch.no_grad():
+        model.decoder.bias[0] = math.nan
+    with pytest.raises(RuntimeError, match="non-finite weights"):
+        trainer.save_checkpoint(tmp_path / "nan.ckpt")
+    assert not (tmp_path / "nan.ckpt").exists()
+
+
+def test_in_a_multirun_a_failing_job_keeps_the_others_and_is_reported(mnist_dir, tmp_path):
+    result = run_script(
+        "train.py", "-m", "noise_prob=1.5,0.1", f"data.data_dir={mnist_dir}",
+        "trainer=debug", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Error executing job with overrides: ['noise_prob=1.5'" in result.stderr
+    assert "noise_prob=1.5 is out of range" in result.stderr
+    assert read_metrics(tmp_path / "noise_prob=0.1,trainer=debug")["test/bce"] > 0
