@@ -10,7 +10,7 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,sweeps]'
 	touch $@
 
 train: $(VENV)/.installed  ## the chapter's plain autoencoder on MNIST (extra Hydra overrides: ARGS="...")

@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from autoencoders.config import register_resolvers
+from autoencoders.dashboard import Dashboard
 from autoencoders.data import MNISTDataModule
 from autoencoders.model import Autoencoder
 from autoencoders.reporting import format_table, write_metrics
-from autoencoders.visuals import ReconstructionGrid
 
 register_resolvers()
 
@@ -32,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer = pl.Trainer(
         **quiet,
         logger=instantiate(cfg.logger),
-        callbacks=[ReconstructionGrid(cfg.paths.output_dir)],
+        callbacks=[Dashboard(cfg.paths.output_dir)],
     )
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
 

@@ -7,10 +7,14 @@ python src/train.py -m variant=plain,sparse,denoising # a sweep
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +23,22 @@ from autoencoders.model import Autoencoder
 from autoencoders.reporting import format_table, write_metrics
 
 register_resolvers()
+log = logging.getLogger(__name__)
+
+
+def threads_per_job(num_threads: int | None) -> int:
+    """`num_threads`, or else the cores shared out among a parallel launcher's jobs."""
+    if num_threads:
+        return num_threads
+    cores = os.cpu_count() or 1
+    n_jobs = (
+        OmegaConf.select(HydraConfig.get(), "launcher.n_jobs")
+        if HydraConfig.initialized()
+        else None
+    )
+    if not n_jobs:
+        return torch.get_num_threads()
+    return max(1, cores // (cores if n_jobs < 0 else n_jobs))  # joblib: -1 means one per core
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trainer]:
@@ -39,9 +59,13 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trai
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test with the weights at the end of training; returns the final metrics."""
     check_settings(cfg)
+    torch.set_num_threads(threads_per_job(cfg.num_threads))
+    log.info("torch threads: %d", torch.get_num_threads())
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if trainer.global_step % trainer.val_check_batch:  # the last step was not validated
+        trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
     metrics.update(test_metrics)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 
 from autoencoders.config import REPO_ROOT, register_resolvers
 from autoencoders.mnist_files import raw_dir, write_idx
@@ -57,16 +58,21 @@ def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:
     ]
 
 
+def compose_config(config_name: str, overrides: list[str]):
+    """Compose a config as the Hydra app would, `${hydra:...}` values included."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 @pytest.fixture
 def make_cfg(mnist_dir, tmp_path):
     """make_cfg("variant=sparse", ...) -> the composed train config of a tiny run."""
-    register_resolvers()
 
-    def _make(*overrides: str, config_name: str = "train"):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(
-                config_name, overrides=[*tiny_overrides(mnist_dir, tmp_path), *overrides]
-            )
+    def _make(*overrides: str):
+        return compose_config("train", [*tiny_overrides(mnist_dir, tmp_path), *overrides])
 
     return _make
 

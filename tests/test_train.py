@@ -45,7 +45,7 @@ def test_train_writes_metrics_json_picture_and_checkpoints(make_cfg, tmp_path):
     with Image.open(tmp_path / "reconstructions.png") as grid:  # 4 rows of 10 digits
         assert grid.size == (10 * 30 + 2, 4 * 30 + 2)
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
 
 
 def test_the_documented_command_runs_as_written(mnist_dir, tmp_path):

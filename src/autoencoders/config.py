@@ -30,6 +30,7 @@ RANGES = {
     "batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
     "learning_rate": (0, math.inf, False, False, False, "> 0"),
     "trainer.max_steps": (1, math.inf, True, False, True, "an integer >= 1"),
+    "num_threads": (1, math.inf, True, False, True, "an integer >= 1 (or null)"),
     "seed": (0, 2**32 - 1, True, True, True, "an integer in [0, 4294967295]"),
     "data.eval_batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
     "callbacks.last_checkpoint.every_n_train_steps": (

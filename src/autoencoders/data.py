@@ -116,7 +116,7 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_mask_seed: int = 2024,
     ):
         super().__init__()
-        self.save_hyperparameters()  # into checkpoints, so evaluation rebuilds the same data
+        self.save_hyperparameters(logger=False)  # into checkpoints: eval rebuilds the same data
         self.data_dir = Path(data_dir)
         self.batch_size, self.noise_prob, self.seed = batch_size, noise_prob, seed
         self.num_val, self.eval_batch_size, self.eval_mask_seed = (

@@ -32,7 +32,7 @@ class Autoencoder(pl.LightningModule):
         init_std: float = 0.1,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the Dashboard logs the run's hparams
         self.encoder = nn.Linear(784, latent_space)
         self.decoder = nn.Linear(latent_space, 784)
         for param in self.parameters():  # weights *and* biases, as in the chapter
@@ -62,7 +62,14 @@ class Autoencoder(pl.LightningModule):
         bce = reconstruction_bce(self.decode(hidden), clean)
         kl = kl_sparsity(hidden, self.hparams.rho)
         loss = bce + self.hparams.beta * kl
-        self.log_dict({"train/loss": loss, "train/bce": bce, "train/kl": kl}, batch_size=len(clean))
+        metrics = {
+            "train/loss": loss,
+            "train/bce": bce,
+            "train/kl": kl,
+            "train/mean_activation": hidden.mean(),
+            "train/active_fraction": (hidden >= self.hparams.threshold).float().mean(),
+        }
+        self.log_dict(metrics, batch_size=len(clean))
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -1,4 +1,4 @@
-"""Final metrics: `metrics.json` and the small table printed at the end of a run."""
+"""Reports: a run's `metrics.json` and final table; a sweep's table (Markdown, CSV) and plot."""
 
 from __future__ import annotations
 
@@ -16,3 +16,89 @@ def format_table(metrics: dict[str, float]) -> str:
     rows = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
     rows += [f"{name:<{width}}  {value:.4f}" for name, value in sorted(metrics.items())]
     return "\n".join(rows)
+
+
+# --- Sweep reports: one row per job of a multirun directory --------------------------------
+
+SETTINGS = ["variant", "noise_prob", "rho", "beta", "learning_rate", "latent_space"]
+METRICS = ["val/bce", "test/bce", "test/bce_masked", "test/active_fraction", "test/bce_zeroed"]
+COLUMNS = ["job", "status", *SETTINGS, *METRICS]
+
+
+def read_job(job_dir: Path, sweep_dir: Path) -> dict:
+    """One job's settings (from `.hydra/`) and final metrics (from `metrics.json`)."""
+    from omegaconf import OmegaConf  # only the report needs it here
+
+    config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+    choices = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    row = {"job": str(job_dir.relative_to(sweep_dir)) or ".", "variant": choices.get("variant")}
+    row.update({key: OmegaConf.select(config, key) for key in SETTINGS[1:]})
+    metrics_file = job_dir / "metrics.json"
+    if metrics_file.is_file():
+        row.update(json.loads(metrics_file.read_text()), status="done")
+    elif (job_dir / "checkpoints" / "last.ckpt").is_file():
+        row["status"] = "failed or unfinished (has checkpoints/last.ckpt)"
+    else:
+        row["status"] = "failed or unfinished"
+    return row
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict]:
+    """Every job under `sweep_dir`: finished ones best first (lowest test/bce), then the rest."""
+    rows = [read_job(h.parent, sweep_dir) for h in sorted(sweep_dir.rglob(".hydra"))]
+    done = sorted((r for r in rows if r["status"] == "done"), key=lambda r: r["test/bce"])
+    return done + [r for r in rows if r["status"] != "done"]
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
+    """test/bce against noise_prob, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in sorted({r["variant"] for r in rows if r["status"] == "done"}):
+        points = sorted(
+            (r["noise_prob"], r["test/bce"])
+            for r in rows
+            if r["status"] == "done" and r["variant"] == variant
+        )
+        ax.plot(*zip(*points, strict=True), marker="o", label=variant)
+    ax.set(xlabel="noise_prob (masking noise in training)", ylabel="test/bce (clean input)")
+    ax.grid(alpha=0.3)
+    ax.legend(title="variant")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_sweep_report(sweep_dir: Path) -> list[dict]:
+    """report.md, report.csv and report.png in `sweep_dir`; returns the rows."""
+    rows = collect_jobs(sweep_dir)
+    (sweep_dir / "report.md").write_text(markdown_table(rows) + "\n")
+    write_csv(rows, sweep_dir / "report.csv")
+    if any(r["status"] == "done" for r in rows):
+        plot_bce_against_noise(rows, sweep_dir / "report.png")
+    return rows

@@ -1,0 +1,102 @@
+"""What TensorBoard shows beyond scalars, and the same pictures as PNG files.
+
+At every validation and at the end of testing: a grid of fixed digits (clean / masked /
+reconstructed / reconstructed from zeroed hidden units), the learned features (each encoder
+unit's 784 weights as a 28x28 tile), histograms of hidden activations and weights. At the
+start of fitting: the run's hyperparameters for the HParams tab, tied to its final metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.tensorboard.summary import hparams
+from torchvision.utils import make_grid, save_image
+
+# The metrics that the HParams tab shows next to each run's hyperparameters.
+HPARAMS_METRICS = (
+    "val/bce",
+    "test/bce",
+    "test/bce_masked",
+    "test/active_fraction",
+    "test/bce_zeroed",
+)
+
+
+@torch.no_grad()
+def reconstruction_grid(model, clean: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Rows: clean, masked, reconstruction of the masked input, reconstruction of the clean
+    input from its zeroed hidden units. clean, masked: [n, 784] -> image [3, H, W]."""
+    rows = [
+        clean,
+        masked,
+        model(masked),
+        torch.sigmoid(model.decode(model.zeroed(model.encode(clean)))),
+    ]
+    images = torch.cat(rows).view(-1, 1, 28, 28).cpu()
+    return make_grid(images, nrow=len(clean), padding=2, pad_value=0.5)
+
+
+@torch.no_grad()
+def feature_grid(model) -> torch.Tensor:
+    """Each hidden unit's encoder weights as a 28x28 tile, each tile scaled to [0, 1]."""
+    weights = model.encoder.weight.detach().view(-1, 1, 28, 28).cpu()  # [H, 1, 28, 28]
+    return make_grid(weights, nrow=16, padding=1, normalize=True, scale_each=True, pad_value=1)
+
+
+def tensorboard_writers(trainer: pl.Trainer) -> list:
+    return [lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "add_image")]
+
+
+class Dashboard(pl.Callback):
+    """Pictures, histograms and HParams of a run (see the module docstring)."""
+
+    def __init__(self, dirpath: str, num_images: int = 10, hparams: dict | None = None):
+        self.dirpath = Path(dirpath)
+        self.num_images = num_images
+        self.hparams = dict(hparams or {})
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.hparams:
+            return
+        # Declares the metric tags; their values are the scalars logged under the same tags.
+        # (SummaryWriter.add_hparams would write them into a separate run, and
+        # TensorBoardLogger.log_hyperparams would add a fake point at step 0.)
+        summaries = hparams(self.hparams, dict.fromkeys(HPARAMS_METRICS, 0.0))
+        for writer in tensorboard_writers(trainer):
+            for summary in summaries:
+                writer._get_file_writer().add_summary(summary)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            datamodule = trainer.datamodule
+            self.draw(trainer, pl_module, "val", datamodule.val_images, datamodule.val_keep)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        grids = self.draw(trainer, pl_module, "test", datamodule.test_images, datamodule.test_keep)
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            save_image(grids["reconstructions"], self.dirpath / "reconstructions.png")
+            save_image(grids["features"], self.dirpath / "features.png")
+
+    @torch.no_grad()
+    def draw(self, trainer, pl_module, split: str, images, keep) -> dict[str, torch.Tensor]:
+        """Log the pictures and histograms of `split`'s first digits; returns the pictures."""
+        batch = (images[:1000].to(pl_module.device), keep[:1000].to(pl_module.device))
+        clean, masked = trainer.datamodule.on_after_batch_transfer(batch)
+        n = self.num_images
+        grids = {
+            "reconstructions": reconstruction_grid(pl_module, clean[:n], masked[:n]),
+            "features": feature_grid(pl_module),
+        }
+        step = trainer.global_step
+        for writer in tensorboard_writers(trainer):
+            for name, grid in grids.items():
+                writer.add_image(f"{split}/{name}", grid, step)
+            writer.add_histogram(f"{split}/hidden_activations", pl_module.encode(clean), step)
+            for name, param in pl_module.named_parameters():
+                writer.add_histogram(f"weights/{name}", param, step)
+        return grids

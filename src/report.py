@@ -1,0 +1,33 @@
+"""Gather a sweep's jobs into one table (Markdown + CSV, best first) and a plot.
+
+python src/report.py outputs/multirun/<date>/<time>
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autoencoders.reporting import markdown_table, write_sweep_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (or a single run's)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"sweep_dir {args.sweep_dir} is not a directory")
+    rows = write_sweep_report(args.sweep_dir)
+    if not rows:
+        parser.error(f"no Hydra jobs (folders with .hydra/) under {args.sweep_dir}")
+    print(markdown_table(rows))
+    unfinished = [r for r in rows if r["status"] != "done"]
+    for row in unfinished:
+        print(f"not done: {row['job']}: {row['status']}", file=sys.stderr)
+    print(f"\nwrote report.md, report.csv, report.png in {args.sweep_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The TensorBoard content of a run, read back with TensorBoard's own event reader."""
+
+from PIL import Image
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from train import train
+
+HPARAMS = {"variant", "optimizer", "noise_prob", "rho", "beta", "learning_rate", "latent_space",
+           "batch_size", "seed"}  # fmt: skip
+FINAL_METRICS = {
+    "val/bce",
+    "test/bce",
+    "test/bce_masked",
+    "test/active_fraction",
+    "test/bce_zeroed",
+}
+
+
+def read_run(logdir):
+    """{run name: accumulator} for every run under logdir, as `tensorboard --logdir` sees them."""
+    multiplexer = EventMultiplexer(size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    return {name: multiplexer.GetAccumulator(name) for name in multiplexer.Runs()}
+
+
+def test_tensorboard_holds_scalars_images_histograms_and_hparams(make_cfg, tmp_path):
+    metrics = train(make_cfg("variant=denoising", "noise_prob=0.5"))
+    runs = read_run(tmp_path / "tensorboard")
+    (name,) = runs
+    assert name == "data.eval_batch_size=500,noise_prob=0.5,trainer=debug,variant=denoising"
+    tags = {}
+    for accumulator in runs.values():
+        for kind, names in accumulator.Tags().items():
+            if isinstance(names, list):
+                tags.setdefault(kind, set()).update(names)
+    train_scalars = {"train/loss", "train/bce", "train/kl", "train/mean_activation",
+                     "train/active_fraction"}  # fmt: skip
+    assert train_scalars | FINAL_METRICS | {"test/mean_activation"} <= tags["scalars"]
+    # pictures of the fixed digits and the features, at each validation and at the end
+    assert {"val/reconstructions", "val/features", "test/reconstructions", "test/features"} <= tags[
+        "images"
+    ]
+    assert {"val/hidden_activations", "test/hidden_activations", "weights/encoder.weight",
+            "weights/decoder.weight"} <= tags["histograms"]  # fmt: skip
+    accumulator = runs[name]
+    assert [e.step for e in accumulator.Images("val/reconstructions")] == [10, 20]
+    assert accumulator.Scalars("test/bce")[-1].value == metrics["test/bce"]
+
+    # HParams: this run's hyperparameters, with the final metrics as its columns
+    content = accumulator.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    values = session.session_start_info.hparams
+    assert set(values) == HPARAMS
+    assert values["variant"].string_value == "denoising"
+    assert values["noise_prob"].number_value == 0.5
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert {m.name.tag for m in experiment.experiment.metric_infos} == FINAL_METRICS
+
+
+def test_the_pictures_are_saved_as_png(make_cfg, tmp_path):
+    train(make_cfg("latent_space=32"))
+    with Image.open(tmp_path / "features.png") as features:  # 32 tiles of 28x28, 16 per row
+        assert features.size == (16 * 29 + 1, 2 * 29 + 1)
+    with Image.open(tmp_path / "reconstructions.png") as grid:
+        assert grid.size == (10 * 30 + 2, 4 * 30 + 2)
