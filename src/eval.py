@@ -12,13 +12,11 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from autoencoders.config import register_resolvers
+import autoencoders.config  # noqa: F401 - registers the config resolvers
 from autoencoders.dashboard import Dashboard
 from autoencoders.data import MNISTDataModule
 from autoencoders.model import Autoencoder
 from autoencoders.reporting import format_table, write_metrics
-
-register_resolvers()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -18,11 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autoencoders.config import check_settings, register_resolvers
+from autoencoders.config import check_settings  # (importing it registers the resolvers)
 from autoencoders.model import Autoencoder
 from autoencoders.reporting import format_table, write_metrics
 
-register_resolvers()
 log = logging.getLogger(__name__)
 
 

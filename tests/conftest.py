@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from autoencoders.config import REPO_ROOT, register_resolvers
+from autoencoders.config import REPO_ROOT
 from autoencoders.mnist_files import raw_dir, write_idx
 
 CONF_DIR = REPO_ROOT / "conf"
@@ -60,7 +60,6 @@ def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:
 
 def compose_config(config_name: str, overrides: list[str]):
     """Compose a config as the Hydra app would, `${hydra:...}` values included."""
-    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

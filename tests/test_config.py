@@ -95,3 +95,12 @@ def test_unknown_variant_gets_hydras_error_listing_the_options(make_cfg):
         make_cfg("variant=sprase")
     assert "variant" in str(error.value)
     assert "denoising" in str(error.value) and "sparse" in str(error.value)
+
+
+def test_run_names_from_overrides_are_usable_folder_names():
+    from autoencoders.config import safe_name
+
+    assert safe_name("noise_prob=0.5,variant=denoising") == "noise_prob=0.5,variant=denoising"
+    assert "/" not in safe_name("+callbacks.timer.path=/tmp/t.json")
+    long = safe_name("x" * 300)
+    assert len(long) == 120 and long != safe_name("x" * 299)  # cut, and still distinct

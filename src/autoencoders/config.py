@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -11,9 +12,23 @@ from omegaconf import DictConfig, OmegaConf
 REPO_ROOT = Path(__file__).resolve().parents[2]  # src/autoencoders/config.py -> repo
 
 
+def safe_name(name: str, max_length: int = 120) -> str:
+    """`name` usable as one folder name: no slashes; if too long, cut and suffixed by a hash."""
+    name = name.replace("/", "_")
+    if len(name) > max_length:
+        digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+        name = f"{name[: max_length - 9]}-{digest}"
+    return name
+
+
 def register_resolvers() -> None:
-    """`${repo_root:}`: the repo root, so default paths do not depend on the working dir."""
+    """`${repo_root:}`: the repo root, so default paths do not depend on the working dir;
+    `${safe_name:...}`: a run name from overrides, usable as a folder name."""
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+    OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
+
+
+register_resolvers()  # on import: Hydra's launchers resolve paths in fresh worker processes too
 
 
 class SettingError(ValueError):

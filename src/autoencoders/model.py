@@ -60,16 +60,20 @@ class Autoencoder(pl.LightningModule):
         clean, masked = batch
         hidden = self.encode(masked)
         bce = reconstruction_bce(self.decode(hidden), clean)
+        log_now = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+        if not (self.hparams.beta or log_now):
+            return bce  # the plain loss; nothing else to compute this step
         kl = kl_sparsity(hidden, self.hparams.rho)
         loss = bce + self.hparams.beta * kl
-        metrics = {
-            "train/loss": loss,
-            "train/bce": bce,
-            "train/kl": kl,
-            "train/mean_activation": hidden.mean(),
-            "train/active_fraction": (hidden >= self.hparams.threshold).float().mean(),
-        }
-        self.log_dict(metrics, batch_size=len(clean))
+        if log_now:  # only on the steps Lightning writes to the logger: logging costs time
+            metrics = {
+                "train/loss": loss,
+                "train/bce": bce,
+                "train/kl": kl,
+                "train/mean_activation": hidden.mean(),
+                "train/active_fraction": (hidden >= self.hparams.threshold).float().mean(),
+            }
+            self.log_dict(metrics, batch_size=len(clean))
         return loss
 
     def validation_step(self, batch, batch_idx):
