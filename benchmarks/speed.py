@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BARE_IMPORT = "import torch, lightning.pytorch, hydra, torchvision"
 
 
 def run(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
@@ -48,7 +49,8 @@ def run_project(variant: str, args, workdir: Path, tag: str, extra: list[str]) -
     command = [
         sys.executable, "src/train.py", f"variant={variant}", f"data.data_dir={args.data_dir}",
         f"trainer.max_steps={args.steps}", f"hydra.run.dir={run_dir}",
-        "+callbacks.step_timer._target_=step_timer.StepTimer", f"+callbacks.step_timer.path={timer}",
+        "+callbacks.step_timer._target_=step_timer.StepTimer",
+        f"+callbacks.step_timer.path={timer}",
         *extra,
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT / "benchmarks"))
@@ -92,18 +94,22 @@ def main() -> None:
         for variant in args.variants:
             a_runs, b_runs = [], []
             for repeat in range(args.repeats):
-                _, wall, _, _ = run([sys.executable, "-c",
-                                     "import torch, lightning.pytorch, hydra, torchvision"])  # fmt: skip
+                _, wall, _, _ = run([sys.executable, "-c", BARE_IMPORT])
                 imports.append(wall)
-                a_runs.append(run_project(variant, args, Path(tmp), f"{variant}-{repeat}", args.overrides))
+                a_runs.append(
+                    run_project(variant, args, Path(tmp), f"{variant}-{repeat}", args.overrides)
+                )
                 b_runs.append(run_minimal(variant, args))
             bces = {round(r["test_bce"], 6) for r in a_runs}
             rows.append((variant, a_runs, b_runs, bces))
-            print(f"  {variant}: A {[round(r['ms_per_step'], 3) for r in a_runs]} ms/step, "
-                  f"B {[round(r['ms_per_step'], 3) for r in b_runs]} ms/step", flush=True)  # fmt: skip
+            a_ms = [round(r["ms_per_step"], 3) for r in a_runs]
+            b_ms = [round(r["ms_per_step"], 3) for r in b_runs]
+            print(f"  {variant}: A {a_ms} ms/step, B {b_ms} ms/step", flush=True)
 
     import_s = statistics.median(imports)
-    print(f"\nbare `import torch, lightning.pytorch, hydra, torchvision`: {import_s:.2f} s (median)\n")
+    print(
+        f"\nbare `import torch, lightning.pytorch, hydra, torchvision`: {import_s:.2f} s (median)\n"
+    )
     header = ("variant", "A ms/step", "B ms/step", "A/B", "A start-up s", "start-up - import s",
               "B start-up s", "A command s", "A peak MiB", "B peak MiB", "A/B memory",
               "A test/bce (all repeats)")  # fmt: skip

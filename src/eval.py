@@ -32,7 +32,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         logger=instantiate(cfg.logger),
         callbacks=[Dashboard(cfg.paths.output_dir)],
     )
-    (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    (logged,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    metrics = {k: v for k, v in logged.items() if k.startswith("test/")}
 
     # The zeroing experiment at several thresholds: the same test step, one pass each.
     curve_trainer = pl.Trainer(**quiet, logger=False, enable_progress_bar=False)

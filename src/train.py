@@ -51,7 +51,12 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trai
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
+    trainer = instantiate(
+        cfg.trainer,
+        val_check_interval=cfg.trainer.val_check_interval // cfg.steps_per_batch,  # in batches
+        logger=instantiate(cfg.logger),
+        callbacks=callbacks,
+    )
     return datamodule, model, trainer
 
 
@@ -63,11 +68,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if trainer.global_step % trainer.val_check_batch:  # the last step was not validated
+    if trainer.global_step % cfg.trainer.val_check_interval:  # the last step was not validated
         trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics.update(test_metrics)
+    metrics.update({k: v for k, v in test_metrics.items() if k.startswith("test/")})
     write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     print(format_table(metrics))
     return metrics

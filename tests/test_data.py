@@ -18,10 +18,18 @@ def datamodule(mnist_dir, **kwargs) -> MNISTDataModule:
     return dm
 
 
+def train_batches(dm, seed=None, step=0, max_steps=-1, steps_per_batch=1) -> TrainBatches:
+    """The training batches of `dm` as a trainer at `step` would get them."""
+    seed = dm.seed if seed is None else seed
+    return TrainBatches(
+        dm.train_images, dm.batch_size, seed, steps_per_batch, lambda: (step, max_steps)
+    )
+
+
 def first_train_batch(dm: MNISTDataModule, step: int = 0):
-    """The (clean, masked) float batch of training `step`, as the model receives it."""
-    batches = TrainBatches(dm.train_images, dm.batch_size, dm.seed, lambda: step)
-    return dm.on_after_batch_transfer(next(iter(batches)))
+    """The (clean, masked) float minibatch of training `step`, as the model receives it."""
+    clean, masked = dm.on_after_batch_transfer(next(iter(train_batches(dm, step=step))))
+    return clean[0], masked[0]  # one step per item: [1, B, 784] -> [B, 784]
 
 
 def test_split_sizes_and_validation_is_the_first_5000(mnist_dir):
@@ -44,8 +52,8 @@ def test_batches_are_flat_floats_in_unit_range(mnist_dir):
 
 def test_one_pass_visits_every_training_image_once(mnist_dir):
     dm = datamodule(mnist_dir, batch_size=100)  # 600 images: 6 steps per pass
-    batches = TrainBatches(dm.train_images, 100, seed=3, current_step=lambda: 0)
-    seen = torch.cat([image_index(images) for images, _ in batches])
+    batches = train_batches(dm, seed=3)
+    seen = torch.cat([image_index(images[0]) for images, _ in batches])
     assert len(batches) == 6
     assert torch.equal(seen.sort().values, torch.arange(5000, NUM_TRAIN_FILE))
     assert not torch.equal(seen, torch.arange(5000, NUM_TRAIN_FILE))  # shuffled
@@ -53,16 +61,31 @@ def test_one_pass_visits_every_training_image_once(mnist_dir):
 
 def test_batch_order_is_a_function_of_seed_and_step(mnist_dir):
     dm = datamodule(mnist_dir, batch_size=64)  # 600 / 64: batch 9 straddles two passes
-    from_start = list(TrainBatches(dm.train_images, 64, 7, lambda: 0))
-    resumed = TrainBatches(dm.train_images, 64, 7, lambda: 4)
-    resumed_batches = list(resumed)
-    assert len(resumed_batches) == len(from_start) - 4  # runs to the end of the pass
-    for (a, step_a), (b, step_b) in zip(from_start[4:], resumed_batches, strict=True):
+    from_start = list(train_batches(dm, seed=7))
+    resumed = list(train_batches(dm, seed=7, step=4))
+    assert len(resumed) == len(from_start) - 4  # runs to the end of the pass
+    for (a, step_a), (b, step_b) in zip(from_start[4:], resumed, strict=True):
         assert step_a == step_b and torch.equal(a, b)
-    other_seed = next(iter(TrainBatches(dm.train_images, 64, 8, lambda: 0)))[0]
+    other_seed = next(iter(train_batches(dm, seed=8)))[0]
     assert not torch.equal(other_seed, from_start[0][0])
-    next_pass = TrainBatches(dm.train_images, 64, 7, lambda: 10)
-    assert next(iter(next_pass))[1] == 10 and len(list(next_pass)) == 10
+    next_pass = list(train_batches(dm, seed=7, step=10))
+    assert next_pass[0][1] == 10 and len(next_pass) == 10
+
+
+def test_several_steps_per_batch_carry_the_same_minibatches(mnist_dir):
+    dm = datamodule(mnist_dir, batch_size=64, noise_prob=0.3)  # 10 steps per pass
+    one = train_batches(dm, steps_per_batch=1)
+    four = list(train_batches(dm, steps_per_batch=4, max_steps=-1))
+    assert [(len(images), step) for images, step in four] == [(4, 0), (4, 4), (4, 8)]  # 12 steps
+    for images, first in four:
+        for i in range(len(images)):
+            assert torch.equal(images[i], one.images[one.indices(first + i)])
+    clean, masked = dm.on_after_batch_transfer(four[1])  # a fresh mask per step, by its step
+    for i in range(4):
+        keep = dm.train_keep(4 + i, clean.shape[1:], clean.device)
+        assert torch.equal(masked[i], clean[i] * keep)
+    cut = list(train_batches(dm, steps_per_batch=4, step=4, max_steps=6))
+    assert [(len(images), step) for images, step in cut] == [(2, 4)]  # stops at max_steps
 
 
 @pytest.mark.parametrize("noise_prob", [0.1, 0.3, 0.7])

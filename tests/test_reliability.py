@@ -21,16 +21,16 @@ def read_metrics(run_dir):
 def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(mnist_dir, tmp_path):
     # 600 training images / 64 = 10 steps per pass: the checkpoint at step 25 is mid-pass.
     common = [
-        f"data.data_dir={mnist_dir}", "trainer=debug", "trainer.max_steps=60",
+        f"data.data_dir={mnist_dir}", "trainer=debug", "trainer.max_steps=60", "steps_per_batch=5",
         "callbacks.last_checkpoint.every_n_train_steps=25", "variant=denoising",
     ]  # fmt: skip
     full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
     assert run_script("train.py", *common, f"hydra.run.dir={full}").returncode == 0
-    kill = ["+callbacks.kill._target_=tests.crash.KillAtStep", "+callbacks.kill.step=33"]
+    kill = ["+callbacks.kill._target_=tests.crash.KillAtStep", "+callbacks.kill.step=35"]
     result = run_script(
         "train.py", *common, *kill, f"hydra.run.dir={crashed}", pythonpath=str(REPO_ROOT)
     )
-    assert result.returncode == -9  # SIGKILL: nothing ran after step 33
+    assert result.returncode == -9  # SIGKILL: nothing ran after step 35
     last = crashed / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 25
     result = run_script("train.py", *common, f"ckpt_path={last}", f"hydra.run.dir={resumed}")
@@ -44,7 +44,7 @@ def test_last_checkpoint_is_saved_at_the_end_and_loads_weights_only(make_cfg, tm
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 23
     best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
-    assert best["global_step"] in (10, 20)  # saved after a validation, by val/bce
+    assert best["global_step"] in (10, 20, 23)  # saved after a validation, by val/bce
 
 
 def test_eval_reproduces_the_training_time_test_metrics(make_cfg, tmp_path):
@@ -85,19 +85,25 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(make_cfg, t
     assert other["test/bce"] != first["test/bce"]
 
 
-def test_a_diverging_run_stops_at_once_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
+@pytest.mark.parametrize("steps_per_batch", [1, 10])
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
+    make_cfg, tmp_path, steps_per_batch
+):
     cfg = make_cfg(
-        "optimizer=sgd", "learning_rate=1e38", "callbacks.last_checkpoint.every_n_train_steps=1"
-    )
-    with pytest.raises(
-        DivergenceError,
-        match=r"inf at step 2.*learning_rate=1e\+38 is too high for torch.optim.SGD",
-    ):
+        "optimizer=sgd", "learning_rate=1e38", "callbacks.last_checkpoint.every_n_train_steps=1",
+        f"steps_per_batch={steps_per_batch}",
+    )  # fmt: skip
+    message = r"inf at step 2.*learning_rate=1e\+38 is too high for torch.optim.SGD"
+    with pytest.raises(DivergenceError, match=message):
         train(cfg)
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not (tmp_path / "metrics.json").exists()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if steps_per_batch > 1:  # the batch of steps 1-10 diverged: nothing of it was saved
+        assert not last.exists()
+        return
+    checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 1
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
-    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_weights_that_are_not_finite_are_never_saved(make_cfg, tmp_path):
@@ -108,3 +114,13 @@ def test_weights_that_are_not_finite_are_never_saved(make_cfg, tmp_path):
     with pytest.raises(RuntimeError, match="non-finite weights"):
         trainer.save_checkpoint(tmp_path / "nan.ckpt")
     assert not (tmp_path / "nan.ckpt").exists()
+
+
+def test_steps_per_batch_changes_speed_not_results(make_cfg, tmp_path):
+    runs = {}
+    for k in (1, 3, 10):
+        out = tmp_path / f"k{k}"
+        train(make_cfg("variant=denoising", "trainer.max_steps=30", f"steps_per_batch={k}",
+                       "trainer.val_check_interval=30", f"paths.output_dir={out}"))  # fmt: skip
+        runs[k] = read_metrics(out)
+    assert runs[1] == runs[3] == runs[10]  # bit for bit

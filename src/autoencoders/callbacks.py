@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt` every `every_n_train_steps` steps and once more at the end of training.
-
-    (Lightning's `save_last` alone skips the final save when max_steps is not a multiple
-    of the interval.)
-    """
+class LastCheckpoint(pl.Callback):
+    """`last.ckpt`: whenever the step count passes a multiple of `every_n_train_steps`, and at
+    the end of training. Written to a temporary file first and then renamed, so a run killed
+    while saving still has its previous `last.ckpt` intact."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 1000):
-        super().__init__(
-            dirpath=dirpath, every_n_train_steps=every_n_train_steps, save_top_k=0, save_last=True
-        )
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every = every_n_train_steps
+        self.saved_at = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.saved_at = trainer.global_step  # a resumed run starts from a saved step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step // self.every > self.saved_at // self.every:
+            self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):  # not yet saved at this step
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if trainer.global_step != self.saved_at:
+            self.save(trainer)
+
+    def save(self, trainer: pl.Trainer) -> None:
+        partial = self.path.with_suffix(".ckpt.partial")
+        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        trainer.strategy.barrier()
+        self.saved_at = trainer.global_step
 
 
 class DivergenceError(RuntimeError):
@@ -29,24 +44,21 @@ class DivergenceError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(pl.Callback):
-    """Stop at the first step whose loss is NaN or infinite, before any checkpoint is written.
-
-    Lightning runs checkpoint callbacks after all others, so the last good checkpoint stays.
-    Checking reads the loss on the host: `every_n_steps` > 1 spares the sync on a GPU.
-    """
-
-    def __init__(self, every_n_steps: int = 1):
-        self.every_n_steps = every_n_steps
+    """Stop at the end of the first batch with a NaN or infinite loss, naming its step, before
+    any checkpoint of it is written (it runs before LastCheckpoint in the callback list, and
+    Lightning runs ModelCheckpoint last). The check reads the batch's losses on the host once
+    per batch of `steps_per_batch` steps."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every_n_steps and step != trainer.max_steps:
-            return
-        loss = outputs["loss"].detach()
-        if not torch.isfinite(loss):
+        losses = outputs["loss"]  # [k]: the losses of this batch's k steps
+        bad = ~torch.isfinite(losses)
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            step = trainer.global_step - len(losses) + first + 1
             optimizer = pl_module.hparams.optimizer
             raise DivergenceError(
-                f"train/loss is {loss.item()} at step {step}: training diverged. Likely cause: "
-                f"learning_rate={optimizer.get('lr')} is too high for {optimizer.get('_target_')}. "
-                "Lower it; the last checkpoint written before this step is kept."
+                f"train/loss is {losses[first].item()} at step {step}: training diverged. "
+                f"Likely cause: learning_rate={optimizer.get('lr')} is too high for "
+                f"{optimizer.get('_target_')}. Lower it; the last checkpoint written before "
+                "this step is kept."
             )

@@ -21,11 +21,22 @@ def safe_name(name: str, max_length: int = 120) -> str:
     return name
 
 
+def on_cpu(accelerator: str) -> bool:
+    """Whether a run with this Lightning accelerator setting trains on the CPU."""
+    if accelerator == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return accelerator == "cpu"
+
+
 def register_resolvers() -> None:
     """`${repo_root:}`: the repo root, so default paths do not depend on the working dir;
-    `${safe_name:...}`: a run name from overrides, usable as a folder name."""
+    `${safe_name:...}`: a run name from overrides, usable as a folder name;
+    `${on_cpu:...}`: whether an accelerator setting means the CPU."""
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
+    OmegaConf.register_new_resolver("on_cpu", on_cpu, replace=True)
 
 
 register_resolvers()  # on import: Hydra's launchers resolve paths in fresh worker processes too
@@ -45,6 +56,8 @@ RANGES = {
     "batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
     "learning_rate": (0, math.inf, False, False, False, "> 0"),
     "trainer.max_steps": (1, math.inf, True, False, True, "an integer >= 1"),
+    "steps_per_batch": (1, math.inf, True, False, True, "an integer >= 1"),
+    "trainer.val_check_interval": (1, math.inf, True, False, True, "an integer >= 1"),
     "num_threads": (1, math.inf, True, False, True, "an integer >= 1 (or null)"),
     "seed": (0, 2**32 - 1, True, True, True, "an integer in [0, 4294967295]"),
     "data.eval_batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
@@ -74,6 +87,12 @@ def check_settings(cfg: DictConfig) -> None:
         )
         if not valid:
             raise SettingError(f"{key}={value!r} is out of range: it must be {allowed}")
+    interval, steps = OmegaConf.select(cfg, "trainer.val_check_interval"), cfg.steps_per_batch
+    if interval is not None and interval % steps:
+        raise SettingError(
+            f"trainer.val_check_interval={interval} is out of range: it must be a multiple of "
+            f"steps_per_batch={steps}"
+        )
 
 
 class CheckSettingsFirst(Callback):

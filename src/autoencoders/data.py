@@ -32,22 +32,28 @@ def keep_mask(shape: torch.Size, noise_prob: float, generator: torch.Generator) 
 
 
 class TrainBatches:
-    """The training batches of one pass, from the trainer's current step on.
+    """The training batches of one Lightning epoch, from the trainer's current step on.
 
-    Yields `(images uint8 [B, 784], step)`. A pass has `ceil(N / B)` steps; the stream
-    runs on across passes (a batch may straddle two permutations), like the chapter's
-    `next_batch`. Starting from the trainer's global step makes a resumed run pick up
-    at the step it stopped at.
+    Step `s` trains on rows [s*B, (s+1)*B) of an endless stream made of one seeded
+    permutation of the training split per pass (a batch may straddle two permutations,
+    like the chapter's `next_batch`). For speed, one item carries `steps_per_batch` (K)
+    consecutive steps, `(images uint8 [k, B, 784], first step)` with k <= K, and the model
+    makes one optimizer step per minibatch: Lightning's per-batch overhead is paid once per
+    K steps. Items start at multiples of K and stop at `max_steps`. An epoch is one pass
+    over the data, rounded up to whole items. Starting from the trainer's global step makes
+    a resumed run pick up exactly where it stopped.
     """
 
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, current_step):
+    def __init__(self, images, batch_size: int, seed: int, steps_per_batch: int, position):
         self.images, self.batch_size, self.seed = images, batch_size, seed
-        self.current_step = current_step  # callable: the trainer's global step
-        self.steps_per_pass = math.ceil(len(images) / batch_size)
+        self.steps_per_batch = steps_per_batch
+        self.position = position  # callable: (the trainer's global step, max_steps or -1)
+        steps_per_pass = math.ceil(len(images) / batch_size)
+        self.steps_per_epoch = math.ceil(steps_per_pass / steps_per_batch) * steps_per_batch
         self._permutations: dict[int, torch.Tensor] = {}  # at most two passes live at a time
 
     def __len__(self) -> int:
-        return self.steps_per_pass
+        return self.steps_per_epoch // self.steps_per_batch
 
     # Resumable: the position is the trainer's global step, restored with the checkpoint,
     # so there is no state of our own to save (this tells Lightning so).
@@ -75,10 +81,16 @@ class TrainBatches:
         return idx
 
     def __iter__(self):
-        first = self.current_step()
-        last = (first // self.steps_per_pass + 1) * self.steps_per_pass  # end of this pass
-        for step in range(first, last):
-            yield self.images[self.indices(step)], step
+        step, max_steps = self.position()
+        end = (step // self.steps_per_epoch + 1) * self.steps_per_epoch  # this epoch's end
+        if max_steps >= 0:
+            end = min(end, max_steps)
+        k = self.steps_per_batch
+        while step < end:
+            stop = min((step // k + 1) * k, end)
+            rows = torch.cat([self.indices(s) for s in range(step, stop)])  # [(stop-step) * B]
+            yield self.images[rows].view(stop - step, self.batch_size, -1), step
+            step = stop
 
 
 class EvalBatches:
@@ -114,16 +126,14 @@ class MNISTDataModule(pl.LightningDataModule):
         num_val: int = 5000,
         eval_batch_size: int = 1000,
         eval_mask_seed: int = 2024,
+        steps_per_batch: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # into checkpoints: eval rebuilds the same data
         self.data_dir = Path(data_dir)
         self.batch_size, self.noise_prob, self.seed = batch_size, noise_prob, seed
-        self.num_val, self.eval_batch_size, self.eval_mask_seed = (
-            num_val,
-            eval_batch_size,
-            eval_mask_seed,
-        )
+        self.num_val, self.eval_batch_size = num_val, eval_batch_size
+        self.eval_mask_seed, self.steps_per_batch = eval_mask_seed, steps_per_batch
         self.train_images = self.val_images = self.test_images = None
         self._generators: dict[torch.device, torch.Generator] = {}
 
@@ -146,11 +156,16 @@ class MNISTDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(derive_seed(self.eval_mask_seed, split))
         return keep_mask(torch.Size((n, 784)), self.noise_prob, generator)
 
-    def current_step(self) -> int:
-        return self.trainer.global_step if self.trainer is not None else 0
+    def position(self) -> tuple[int, int]:
+        """(global step, max_steps): where training stands and where it stops."""
+        if self.trainer is None:
+            return 0, -1
+        return self.trainer.global_step, self.trainer.max_steps
 
     def train_dataloader(self) -> TrainBatches:
-        return TrainBatches(self.train_images, self.batch_size, self.seed, self.current_step)
+        return TrainBatches(
+            self.train_images, self.batch_size, self.seed, self.steps_per_batch, self.position
+        )
 
     def val_dataloader(self) -> EvalBatches:
         return EvalBatches(self.val_images, self.val_keep, self.eval_batch_size)
@@ -167,13 +182,14 @@ class MNISTDataModule(pl.LightningDataModule):
         return keep_mask(shape, self.noise_prob, generator)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        """uint8 images -> (clean, masked) floats in [0, 1]: [k, B, 784] in training (one
+        fresh mask per step), [b, 784] in evaluation (the fixed mask)."""
         images, extra = batch
-        clean = images.float().div_(255)  # [B, 784] in [0, 1]
+        clean = images.float().div_(255)
         if self.noise_prob == 0:
             return clean, clean
-        keep = (
-            extra
-            if isinstance(extra, torch.Tensor)
-            else self.train_keep(extra, clean.shape, clean.device)
-        )
-        return clean, clean * keep
+        if isinstance(extra, torch.Tensor):  # evaluation: the fixed mask
+            return clean, clean * extra
+        first_step, shape = extra, clean.shape[1:]
+        keep = [self.train_keep(first_step + i, shape, clean.device) for i in range(len(clean))]
+        return clean, clean * torch.stack(keep)

@@ -47,23 +47,31 @@ def raw_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in chunks (the files are tens of MB)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_digest(path, "sha256")
 
 
 def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+    return file_digest(path, "md5")
 
 
 def check_idx_file(path: Path) -> None:
     """Raise DataFileError unless `path` is a complete IDX file (magic number, length)."""
     if not path.is_file():
         raise DataFileError(f"{path} is missing")
-    data = path.read_bytes()
     is_images = "images" in path.name
     magic = IMAGES_MAGIC if is_images else LABELS_MAGIC
     n_dims = 3 if is_images else 1
     header = 4 + 4 * n_dims
+    with path.open("rb") as f:
+        data = f.read(header)
+    size = path.stat().st_size
     if len(data) < header or struct.unpack(">I", data[:4])[0] != magic:
         raise DataFileError(
             f"{path} is not an IDX {'image' if is_images else 'label'} file "
@@ -71,9 +79,9 @@ def check_idx_file(path: Path) -> None:
         )
     dims = struct.unpack(f">{n_dims}I", data[4:header])
     expected = header + int(np.prod(dims))
-    if len(data) != expected:
+    if size != expected:
         raise DataFileError(
-            f"{path} is truncated or padded: {len(data)} bytes, header says {expected}; "
+            f"{path} is truncated or padded: {size} bytes, header says {expected}; "
             "delete it and run again to fetch it anew"
         )
 

@@ -33,6 +33,9 @@ class Autoencoder(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the Dashboard logs the run's hparams
+        # One Lightning batch holds several minibatches (see data.TrainBatches): we step the
+        # optimizer once per minibatch ourselves, and global_step counts those steps.
+        self.automatic_optimization = False
         self.encoder = nn.Linear(784, latent_space)
         self.decoder = nn.Linear(latent_space, 784)
         for param in self.parameters():  # weights *and* biases, as in the chapter
@@ -56,30 +59,49 @@ class Autoencoder(pl.LightningModule):
         """
         return hidden * (hidden >= self.hparams.threshold)
 
-    def training_step(self, batch, batch_idx):
-        clean, masked = batch
+    def loss(self, clean: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training loss of one minibatch, [B, 784] each, and its parts."""
         hidden = self.encode(masked)
         bce = reconstruction_bce(self.decode(hidden), clean)
-        log_now = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
-        if not (self.hparams.beta or log_now):
-            return bce  # the plain loss; nothing else to compute this step
+        if not self.hparams.beta:
+            return {"loss": bce, "bce": bce, "hidden": hidden}  # plain: no KL to compute
         kl = kl_sparsity(hidden, self.hparams.rho)
-        loss = bce + self.hparams.beta * kl
-        if log_now:  # only on the steps Lightning writes to the logger: logging costs time
-            metrics = {
-                "train/loss": loss,
-                "train/bce": bce,
-                "train/kl": kl,
-                "train/mean_activation": hidden.mean(),
-                "train/active_fraction": (hidden >= self.hparams.threshold).float().mean(),
-            }
-            self.log_dict(metrics, batch_size=len(clean))
-        return loss
+        return {"loss": bce + self.hparams.beta * kl, "bce": bce, "kl": kl, "hidden": hidden}
+
+    def training_step(self, batch, batch_idx):
+        """One optimizer step per minibatch of the batch: clean, masked [k, B, 784]."""
+        optimizer = self.optimizers()
+        losses = []
+        for clean, masked in zip(*batch, strict=True):
+            out = self.loss(clean, masked)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(out["loss"])
+            optimizer.step()
+            losses.append(out["loss"].detach())
+            every = self.trainer.log_every_n_steps  # in optimizer steps; 0: never
+            if every and self.global_step % every == 0:
+                self.log_train_metrics(out)
+        return {"loss": torch.stack(losses)}  # [k], for StopOnNonFiniteLoss
+
+    def log_train_metrics(self, out: dict[str, torch.Tensor]) -> None:
+        """Straight to the loggers, at x = global_step (self.log would count Lightning batches)."""
+        hidden = out["hidden"].detach()
+        kl = out["kl"] if "kl" in out else kl_sparsity(hidden, self.hparams.rho)
+        metrics = {
+            "train/loss": out["loss"].item(),
+            "train/bce": out["bce"].item(),
+            "train/kl": kl.item(),
+            "train/mean_activation": hidden.mean().item(),
+            "train/active_fraction": (hidden >= self.hparams.threshold).float().mean().item(),
+        }
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
 
     def validation_step(self, batch, batch_idx):
         clean, _ = batch
         bce = reconstruction_bce(self.decode(self.encode(clean)), clean)
         self.log("val/bce", bce, batch_size=len(clean), prog_bar=True)
+        self.log("step", float(self.global_step))  # x-axis: optimizer steps, as in training
 
     def test_step(self, batch, batch_idx):
         clean, masked = batch
@@ -92,6 +114,7 @@ class Autoencoder(pl.LightningModule):
             "test/bce_zeroed": reconstruction_bce(self.decode(self.zeroed(hidden)), clean),
         }
         self.log_dict(metrics, batch_size=len(clean))
+        self.log("step", float(self.global_step))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Never write a checkpoint of diverged weights."""
