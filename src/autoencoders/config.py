@@ -33,10 +33,11 @@ def on_cpu(accelerator: str) -> bool:
 def register_resolvers() -> None:
     """`${repo_root:}`: the repo root, so default paths do not depend on the working dir;
     `${safe_name:...}`: a run name from overrides, usable as a folder name;
-    `${on_cpu:...}`: whether an accelerator setting means the CPU."""
+    `${on_cpu:...}`: whether an accelerator setting means the CPU; `${gcd:a,b}`."""
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     OmegaConf.register_new_resolver("on_cpu", on_cpu, replace=True)
+    OmegaConf.register_new_resolver("gcd", math.gcd, replace=True)
 
 
 register_resolvers()  # on import: Hydra's launchers resolve paths in fresh worker processes too
