@@ -1,4 +1,4 @@
-"""Training callbacks that keep work safe: the last checkpoint and the divergence guard."""
+"""Training callbacks: the last checkpoint, the divergence guard, the progress bar."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class LastCheckpoint(pl.Callback):
@@ -62,3 +63,13 @@ class StopOnNonFiniteLoss(pl.Callback):
                 f"{optimizer.get('_target_')}. Lower it; the last checkpoint written before "
                 "this step is kept."
             )
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, without the logger version (`v_num`, here the run name).
+    It counts Lightning batches, each of `steps_per_batch` optimizer steps."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
