@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autoencoders.config import check_settings  # (importing it registers the resolvers)
+from autoencoders.config import SettingError, check_settings  # (registers the resolvers)
 from autoencoders.model import Autoencoder
 from autoencoders.reporting import format_table, write_metrics
 
@@ -60,6 +60,24 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trai
     return datamodule, model, trainer
 
 
+def check_distributed(cfg: DictConfig, trainer: pl.Trainer) -> None:
+    """Settings that only make sense once the number of processes is known."""
+    if cfg.batch_size % trainer.world_size:
+        raise SettingError(
+            f"batch_size={cfg.batch_size} is out of range: with {trainer.world_size} processes "
+            f"it must be a multiple of {trainer.world_size} (each takes a share of every batch)"
+        )
+    relaunches = trainer.world_size > 1 and type(trainer.strategy.launcher).__name__.startswith(
+        "_SubprocessScriptLauncher"
+    )
+    if relaunches and HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        raise SettingError(
+            "trainer.strategy=ddp cannot run inside a multirun (-m): Lightning starts the other "
+            "processes by re-running the command, which would start the whole sweep again. "
+            "Use trainer.strategy=ddp_spawn in a sweep, or run each configuration on its own."
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test with the weights at the end of training; returns the final metrics."""
     check_settings(cfg)
@@ -67,14 +85,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("torch threads: %d", torch.get_num_threads())
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
+    check_distributed(cfg, trainer)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if trainer.global_step % cfg.trainer.val_check_interval:  # the last step was not validated
         trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
     metrics.update({k: v for k, v in test_metrics.items() if k.startswith("test/")})
-    write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
-    print(format_table(metrics))
+    if trainer.is_global_zero:  # one metrics.json per run, however many processes
+        write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+        print(format_table(metrics))
     return metrics
 
 

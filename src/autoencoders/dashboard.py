@@ -59,7 +59,7 @@ class Dashboard(pl.Callback):
         self.hparams = dict(hparams or {})
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.hparams:
+        if not self.hparams or not trainer.is_global_zero:
             return
         # Declares the metric tags; their values are the scalars logged under the same tags.
         # (SummaryWriter.add_hparams would write them into a separate run, and

@@ -41,13 +41,18 @@ class TrainBatches:
     makes one optimizer step per minibatch: Lightning's per-batch overhead is paid once per
     K steps. Items start at multiples of K and stop at `max_steps`. An epoch is one pass
     over the data, rounded up to whole items. Starting from the trainer's global step makes
-    a resumed run pick up exactly where it stopped.
+    a resumed run pick up exactly where it stopped. With several processes, rank r of W
+    gets rows [r*B/W, (r+1)*B/W) of every global batch.
     """
 
-    def __init__(self, images, batch_size: int, seed: int, steps_per_batch: int, position):
+    def __init__(
+        self, images, batch_size: int, seed: int, steps_per_batch: int, position, shard=(0, 1)
+    ):
         self.images, self.batch_size, self.seed = images, batch_size, seed
         self.steps_per_batch = steps_per_batch
         self.position = position  # callable: (the trainer's global step, max_steps or -1)
+        rank, world = shard
+        self.rows = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
         steps_per_pass = math.ceil(len(images) / batch_size)
         self.steps_per_epoch = math.ceil(steps_per_pass / steps_per_batch) * steps_per_batch
         self._permutations: dict[int, torch.Tensor] = {}  # at most two passes live at a time
@@ -88,8 +93,8 @@ class TrainBatches:
         k = self.steps_per_batch
         while step < end:
             stop = min((step // k + 1) * k, end)
-            rows = torch.cat([self.indices(s) for s in range(step, stop)])  # [(stop-step) * B]
-            yield self.images[rows].view(stop - step, self.batch_size, -1), step
+            rows = torch.cat([self.indices(s)[self.rows] for s in range(step, stop)])
+            yield self.images[rows].view(stop - step, -1, self.images.shape[1]), step
             step = stop
 
 
@@ -156,6 +161,12 @@ class MNISTDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(derive_seed(self.eval_mask_seed, split))
         return keep_mask(torch.Size((n, 784)), self.noise_prob, generator)
 
+    def shard(self) -> tuple[int, int]:
+        """(rank, number of processes)."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def position(self) -> tuple[int, int]:
         """(global step, max_steps): where training stands and where it stops."""
         if self.trainer is None:
@@ -164,21 +175,30 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> TrainBatches:
         return TrainBatches(
-            self.train_images, self.batch_size, self.seed, self.steps_per_batch, self.position
-        )
+            self.train_images, self.batch_size, self.seed, self.steps_per_batch, self.position,
+            self.shard(),
+        )  # fmt: skip
+
+    def eval_batches(self, images: torch.Tensor, keep: torch.Tensor) -> EvalBatches:
+        """This process's contiguous share of a split (all of it with one process)."""
+        rank, world = self.shard()
+        part = slice(len(images) * rank // world, len(images) * (rank + 1) // world)
+        return EvalBatches(images[part], keep[part], self.eval_batch_size)
 
     def val_dataloader(self) -> EvalBatches:
-        return EvalBatches(self.val_images, self.val_keep, self.eval_batch_size)
+        return self.eval_batches(self.val_images, self.val_keep)
 
     def test_dataloader(self) -> EvalBatches:
-        return EvalBatches(self.test_images, self.test_keep, self.eval_batch_size)
+        return self.eval_batches(self.test_images, self.test_keep)
 
     def train_keep(self, step: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """The mask of training `step`, drawn on `device`, seeded with (seed, step)."""
+        """The mask of training `step`, drawn on `device`, seeded with (seed, step), and the
+        rank when several processes share each batch."""
         generator = self._generators.get(device)
         if generator is None:
             generator = self._generators[device] = torch.Generator(device=device)
-        generator.manual_seed(derive_seed(self.seed, "mask", step))
+        rank, world = self.shard()
+        generator.manual_seed(derive_seed(self.seed, "mask", step, *([rank] if world > 1 else [])))
         return keep_mask(shape, self.noise_prob, generator)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):

@@ -100,7 +100,7 @@ class Autoencoder(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         clean, _ = batch
         bce = reconstruction_bce(self.decode(self.encode(clean)), clean)
-        self.log("val/bce", bce, batch_size=len(clean), prog_bar=True)
+        self.log("val/bce", bce, batch_size=len(clean), prog_bar=True, sync_dist=True)
         self.log("step", float(self.global_step))  # x-axis: optimizer steps, as in training
 
     def test_step(self, batch, batch_idx):
@@ -113,7 +113,7 @@ class Autoencoder(pl.LightningModule):
             "test/active_fraction": (hidden >= self.hparams.threshold).float().mean(),
             "test/bce_zeroed": reconstruction_bce(self.decode(self.zeroed(hidden)), clean),
         }
-        self.log_dict(metrics, batch_size=len(clean))
+        self.log_dict(metrics, batch_size=len(clean), sync_dist=True)  # mean over all ranks
         self.log("step", float(self.global_step))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

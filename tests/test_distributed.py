@@ -1,0 +1,111 @@
+"""Beyond one machine: DDP in 2 CPU processes, resume under DDP, and cluster launchers."""
+
+import json
+
+import pytest
+import torch
+
+from autoencoders.config import SettingError
+from autoencoders.data import MNISTDataModule, TrainBatches
+from eval import evaluate
+from train import build, check_distributed
+
+from .conftest import compose_config, run_script
+
+
+def read_metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_each_rank_gets_its_share_of_every_batch_and_its_own_masks(mnist_dir):
+    dm = MNISTDataModule(str(mnist_dir), batch_size=64, noise_prob=0.3)
+    dm.prepare_data()
+    dm.setup()
+    position = lambda: (0, -1)  # noqa: E731
+    whole = next(iter(TrainBatches(dm.train_images, 64, 0, 2, position)))[0]  # [2, 64, 784]
+    shares = [
+        next(iter(TrainBatches(dm.train_images, 64, 0, 2, position, (r, 2))))[0] for r in (0, 1)
+    ]
+    assert torch.equal(torch.cat(shares, dim=1), whole)  # rank 0: rows 0-31, rank 1: 32-63
+
+    class FakeTrainer:  # what the data module reads of a trainer
+        global_step, max_steps, world_size = 0, -1, 2
+
+        def __init__(self, rank):
+            self.global_rank = rank
+
+    shape, cpu = torch.Size((32, 784)), torch.device("cpu")
+    single = dm.train_keep(5, shape, cpu)
+    masks = []
+    for rank in (0, 1):
+        dm.trainer = FakeTrainer(rank)
+        masks.append(dm.train_keep(5, shape, cpu))
+        assert sum(len(images) for images, _ in dm.test_dataloader()) == len(dm.test_images) // 2
+    dm.trainer = None
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], single)
+    assert torch.equal(dm.train_keep(5, shape, cpu), single)  # one process: as before
+
+
+def test_batch_size_must_divide_among_the_processes(make_cfg):
+    cfg = make_cfg("trainer=ddp_cpu", "batch_size=63")
+    _, _, trainer = build(cfg)
+    with pytest.raises(SettingError, match="batch_size=63 is out of range: with 2 processes"):
+        check_distributed(cfg, trainer)
+
+
+def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path):
+    common = [f"data.data_dir={mnist_dir}", "trainer=ddp_cpu", "trainer.val_check_interval=10",
+              "callbacks.last_checkpoint.every_n_train_steps=10", "variant=denoising"]  # fmt: skip
+    full, first, resumed = tmp_path / "runs" / "full", tmp_path / "first", tmp_path / "resumed"
+    result = run_script("train.py", *common, "trainer.max_steps=30", f"hydra.run.dir={full}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # one run directory for both processes, one metrics.json, rank 1's log beside rank 0's
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["full"]
+    assert (full / "train_ddp_process_1.log").is_file()
+    assert len(list(full.rglob("metrics.json"))) == 1
+    # the test metrics over both processes' halves equal one process's on the saved weights
+    cfg = compose_config("eval", [f"ckpt_path={full / 'checkpoints' / 'last.ckpt'}",
+                                  f"paths.output_dir={tmp_path / 'eval'}"])  # fmt: skip
+    single = evaluate(cfg)
+    for name, value in read_metrics(full).items():
+        if name.startswith("test/"):
+            assert value == pytest.approx(single[name], abs=1e-6), name
+    # resume under DDP: 20 steps, then on to 30 from last.ckpt == 30 steps at once
+    assert (
+        run_script("train.py", *common, "trainer.max_steps=20", f"hydra.run.dir={first}").returncode
+        == 0
+    )
+    last = first / "checkpoints" / "last.ckpt"
+    result = run_script("train.py", *common, "trainer.max_steps=30", f"ckpt_path={last}",
+                        f"hydra.run.dir={resumed}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_metrics(resumed) == read_metrics(full)
+
+
+def test_ddp_that_relaunches_the_script_stops_a_multirun_with_advice(mnist_dir, tmp_path):
+    result = run_script("train.py", "-m", "trainer=ddp_cpu", "variant=plain,sparse",
+                        f"data.data_dir={mnist_dir}", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert result.returncode != 0
+    assert "cannot run inside a multirun (-m)" in result.stderr
+    assert "Use trainer.strategy=ddp_spawn in a sweep" in result.stderr
+    assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_submitit_local_runs_a_two_job_sweep(mnist_dir, tmp_path):
+    result = run_script(
+        "train.py", "-m", "hydra/launcher=submitit_local", "variant=plain,sparse", "trainer=debug",
+        f"data.data_dir={mnist_dir}", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("trainer=debug,variant=plain", "trainer=debug,variant=sparse"):
+        assert read_metrics(tmp_path / job)["test/bce"] > 0
+    assert (tmp_path / ".submitit").is_dir()  # submitit's own logs of each job
+
+
+def test_slurm_launcher_follows_the_trainer(mnist_dir, tmp_path):
+    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    cfg = compose_config("train", [*overrides, "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.partition == "gpu" and launcher.timeout_min == 60
