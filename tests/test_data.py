@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from autoencoders.data import MNISTDataModule, TrainBatches
+from autoencoders.data import MNISTDataModule, TrainBatches, fixed_keep
 
 from .conftest import NUM_TEST, NUM_TRAIN_FILE
 
@@ -116,16 +116,25 @@ def test_validation_and_test_masks_are_fixed_across_epochs_and_runs(mnist_dir):
         again = [dm.on_after_batch_transfer(b)[1] for b in getattr(dm, loader)()]
         other = [other_run.on_after_batch_transfer(b)[1] for b in getattr(other_run, loader)()]
         assert all(map(torch.equal, first, again)) and all(map(torch.equal, first, other))
-    dropped = 1 - dm.test_keep.float().mean().item()
-    assert dropped == pytest.approx(0.3, abs=0.01)
-    assert not torch.equal(dm.val_keep[:NUM_TEST], dm.test_keep)  # val and test differ
+    test_keep = fixed_keep(dm.test_noise, 0.3)
+    assert 1 - test_keep.float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert not torch.equal(fixed_keep(dm.val_noise[:NUM_TEST], 0.3), test_keep)  # val != test
+
+
+def test_fixed_masks_at_any_noise_level_are_nested_and_at_the_right_rate(mnist_dir):
+    noise = datamodule(mnist_dir).test_noise
+    masks = {level: fixed_keep(noise, level) for level in (0.0, 0.1, 0.3, 0.5, 0.7)}
+    for level, keep in masks.items():
+        assert 1 - keep.float().mean().item() == pytest.approx(level, abs=0.005)
+    assert bool((masks[0.3] <= masks[0.1]).all() and (masks[0.7] <= masks[0.5]).all())
+    assert bool(masks[0.0].all())
 
 
 def test_no_noise_means_masked_equals_clean(mnist_dir):
     dm = datamodule(mnist_dir, noise_prob=0.0)
     clean, masked = first_train_batch(dm)
     assert torch.equal(clean, masked)
-    clean, masked = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())))
+    clean, masked, _ = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())))
     assert torch.equal(clean, masked)
 
 
@@ -134,3 +143,13 @@ def test_eval_batches_cover_the_split_in_order(mnist_dir):
     batches = list(dm.test_dataloader())
     assert len(batches) == len(dm.test_dataloader()) == 3  # 128 + 128 + 44
     assert torch.equal(torch.cat([images for images, _ in batches]), dm.test_images)
+
+
+def test_fashion_mnist_uses_the_same_split_rules(mnist_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(mnist_dir / "MNIST", tmp_path / "FashionMNIST")  # same format
+    dm = datamodule(tmp_path, dataset="FashionMNIST")
+    assert (len(dm.train_images), len(dm.val_images), len(dm.test_images)) == (600, 5000, NUM_TEST)
+    assert torch.equal(image_index(dm.val_images), torch.arange(5000))
+    assert len(dm.train_labels) == 600 and len(dm.test_labels) == NUM_TEST

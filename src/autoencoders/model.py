@@ -11,7 +11,9 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from autoencoders.data import fixed_keep
 from autoencoders.losses import kl_sparsity, reconstruction_bce
+from autoencoders.probe import linear_probe_accuracy
 
 
 def truncated_normal_(tensor: torch.Tensor, std: float = 0.1) -> torch.Tensor:
@@ -30,6 +32,8 @@ class Autoencoder(pl.LightningModule):
         threshold: float = 0.1,
         optimizer: dict | None = None,
         init_std: float = 0.1,
+        linear_probe: bool = True,
+        robustness_levels: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7),
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the Dashboard logs the run's hparams
@@ -98,13 +102,13 @@ class Autoencoder(pl.LightningModule):
             logger.log_metrics(metrics, step=self.global_step)
 
     def validation_step(self, batch, batch_idx):
-        clean, _ = batch
+        clean = batch[0]
         bce = reconstruction_bce(self.decode(self.encode(clean)), clean)
         self.log("val/bce", bce, batch_size=len(clean), prog_bar=True, sync_dist=True)
         self.log("step", float(self.global_step))  # x-axis: optimizer steps, as in training
 
     def test_step(self, batch, batch_idx):
-        clean, masked = batch
+        clean, masked, noise = batch
         hidden = self.encode(clean)
         metrics = {
             "test/bce": reconstruction_bce(self.decode(hidden), clean),
@@ -113,8 +117,31 @@ class Autoencoder(pl.LightningModule):
             "test/active_fraction": (hidden >= self.hparams.threshold).float().mean(),
             "test/bce_zeroed": reconstruction_bce(self.decode(self.zeroed(hidden)), clean),
         }
+        for level in self.hparams.robustness_levels:  # the robustness curve: fixed masks
+            masked_at = clean * fixed_keep(noise, level)
+            bce = reconstruction_bce(self.decode(self.encode(masked_at)), clean)
+            metrics[f"test/bce_masked@{level}"] = bce
         self.log_dict(metrics, batch_size=len(clean), sync_dist=True)  # mean over all ranks
         self.log("step", float(self.global_step))
+
+    def on_test_epoch_end(self) -> None:
+        """test/probe_accuracy: a linear classifier on the frozen codes of the training set."""
+        if not self.hparams.linear_probe:
+            return
+        datamodule = self.trainer.datamodule
+        accuracy = linear_probe_accuracy(
+            self.codes(datamodule.train_images),
+            datamodule.train_labels,
+            self.codes(datamodule.test_images),
+            datamodule.test_labels,
+        )
+        self.log("test/probe_accuracy", accuracy)  # the same on every rank: all see all data
+
+    @torch.no_grad()
+    def codes(self, images: torch.Tensor) -> torch.Tensor:
+        """Hidden activations of uint8 images [N, 784], in chunks, on the CPU: [N, H]."""
+        chunks = images.split(5000)
+        return torch.cat([self.encode(c.to(self.device).float() / 255).cpu() for c in chunks])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Never write a checkpoint of diverged weights."""
