@@ -37,8 +37,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sequential = sweep([], args, Path(tmp) / "sequential")
         parallel = sweep(["hydra/launcher=joblib"], args, Path(tmp) / "joblib")
+    ratio = parallel / sequential
     print(f"6 jobs x {args.steps} steps: one after another {sequential:.1f} s, "
-          f"joblib (one job per core) {parallel:.1f} s, ratio {parallel / sequential:.2f}")  # fmt: skip
+          f"joblib (one job per core) {parallel:.1f} s, ratio {ratio:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

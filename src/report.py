@@ -1,4 +1,4 @@
-"""Gather a sweep's jobs into one table (Markdown + CSV, best first) and a plot.
+"""Gather a sweep's jobs into one table (Markdown + CSV, best first) and plots.
 
 python src/report.py outputs/multirun/<date>/<time>
 """
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     unfinished = [r for r in rows if r["status"] != "done"]
     for row in unfinished:
         print(f"not done: {row['job']}: {row['status']}", file=sys.stderr)
-    print(f"\nwrote report.md, report.csv, report.png in {args.sweep_dir}")
+    print(f"\nwrote report.md, report.csv, report.png, robustness.png in {args.sweep_dir}")
     return 0
 
 

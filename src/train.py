@@ -49,6 +49,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trai
         rho=cfg.rho,
         threshold=cfg.threshold,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
         linear_probe=cfg.linear_probe,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]

@@ -7,7 +7,16 @@ from autoencoders.config import SettingError, check_settings
 
 from .conftest import CONF_DIR
 
-GROUPS = ["data", "variant", "optimizer", "trainer", "logger", "experiment", "hparams_search"]
+GROUPS = [
+    "data",
+    "variant",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "experiment",
+    "hparams_search",
+]
 
 
 @pytest.mark.parametrize(

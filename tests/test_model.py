@@ -47,3 +47,14 @@ def test_adagrad_config_matches_tf1_adagrad_optimizer(make_cfg):
         accum += grad**2
         expected -= 0.1 * grad / accum.sqrt()
         assert torch.allclose(param.detach(), expected, rtol=0, atol=1e-12)
+
+
+def test_the_cosine_scheduler_steps_once_per_optimizer_step(make_cfg):
+    from train import build
+
+    cfg = make_cfg("scheduler=cosine", "trainer.max_steps=20", "steps_per_batch=10")
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    (scheduler,) = trainer.lr_scheduler_configs
+    assert scheduler.scheduler.last_epoch == 20  # 20 optimizer steps in 2 Lightning batches
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)

@@ -48,6 +48,7 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
     assert "not done: noise_prob=1.5,trainer=debug,variant=plain" in err
     assert out.count("| done |") == 2 and (tmp_path / "report.md").read_text() in out + "\n"
     assert (tmp_path / "report.png").stat().st_size > 0
+    assert (tmp_path / "robustness.png").stat().st_size > 0
 
 
 def test_two_sweeps_started_at_the_same_time_do_not_collide(mnist_dir, tmp_path):

@@ -31,6 +31,7 @@ class Autoencoder(pl.LightningModule):
         rho: float = 0.05,
         threshold: float = 0.1,
         optimizer: dict | None = None,
+        scheduler: dict | None = None,
         init_std: float = 0.1,
         linear_probe: bool = True,
         robustness_levels: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7),
@@ -74,13 +75,15 @@ class Autoencoder(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         """One optimizer step per minibatch of the batch: clean, masked [k, B, 784]."""
-        optimizer = self.optimizers()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         losses = []
         for clean, masked in zip(*batch, strict=True):
             out = self.loss(clean, masked)
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(out["loss"])
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()  # per optimizer step (manual optimization: ours to call)
             losses.append(out["loss"].detach())
             every = self.trainer.log_every_n_steps  # in optimizer steps; 0: never
             if every and self.global_step % every == 0:
@@ -149,4 +152,7 @@ class Autoencoder(pl.LightningModule):
             raise RuntimeError(f"non-finite weights at step {self.global_step}: not saving them")
 
     def configure_optimizers(self):
-        return instantiate(self.hparams.optimizer, params=self.parameters())
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        return [optimizer], [instantiate(self.hparams.scheduler, optimizer=optimizer)]

@@ -21,7 +21,8 @@ def format_table(metrics: dict[str, float]) -> str:
 # --- Sweep reports: one row per job of a multirun directory --------------------------------
 
 SETTINGS = ["variant", "noise_prob", "rho", "beta", "learning_rate", "latent_space"]
-METRICS = ["val/bce", "test/bce", "test/bce_masked", "test/active_fraction", "test/bce_zeroed"]
+METRICS = ["val/bce", "test/bce", "test/bce_masked", "test/active_fraction", "test/bce_zeroed",
+           "test/probe_accuracy"]  # fmt: skip
 COLUMNS = ["job", "status", *SETTINGS, *METRICS]
 
 
@@ -71,14 +72,27 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
-    """test/bce against noise_prob, one line per variant."""
+def new_axes():
+    """A figure and axes for a report plot (matplotlib only imported here)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    return plt.subplots(figsize=(6, 4))
+
+
+def save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
+    """test/bce against noise_prob, one line per variant."""
+    fig, ax = new_axes()
     for variant in sorted({r["variant"] for r in rows if r["status"] == "done"}):
         points = sorted(
             (r["noise_prob"], r["test/bce"])
@@ -89,16 +103,33 @@ def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
     ax.set(xlabel="noise_prob (masking noise in training)", ylabel="test/bce (clean input)")
     ax.grid(alpha=0.3)
     ax.legend(title="variant")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
+
+
+ROBUSTNESS_LEVELS = (0.0, 0.1, 0.3, 0.5, 0.7)
+
+
+def plot_robustness(rows: list[dict], path: Path) -> None:
+    """The robustness curve: BCE on masked test input against its noise level, one line per
+    finished job (noise 0 is the clean input, test/bce)."""
+    fig, ax = new_axes()
+    for row in rows:
+        if row["status"] != "done" or "test/bce_masked@0.1" not in row:
+            continue
+        curve = [row["test/bce"], *(row[f"test/bce_masked@{p}"] for p in ROBUSTNESS_LEVELS[1:])]
+        ax.plot(ROBUSTNESS_LEVELS, curve, marker="o", label=row["job"])
+    ax.set(xlabel="masking noise of the test input", ylabel="test BCE against the clean image")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    save(fig, path)
 
 
 def write_sweep_report(sweep_dir: Path) -> list[dict]:
-    """report.md, report.csv and report.png in `sweep_dir`; returns the rows."""
+    """report.md, report.csv, report.png and robustness.png in `sweep_dir`; returns the rows."""
     rows = collect_jobs(sweep_dir)
     (sweep_dir / "report.md").write_text(markdown_table(rows) + "\n")
     write_csv(rows, sweep_dir / "report.csv")
     if any(r["status"] == "done" for r in rows):
         plot_bce_against_noise(rows, sweep_dir / "report.png")
+        plot_robustness(rows, sweep_dir / "robustness.png")
     return rows
