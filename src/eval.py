@@ -5,8 +5,6 @@ python src/eval.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 import lightning.pytorch as pl
 from hydra.utils import instantiate
@@ -16,7 +14,7 @@ import autoencoders.config  # noqa: F401 - registers the config resolvers
 from autoencoders.dashboard import Dashboard
 from autoencoders.data import MNISTDataModule
 from autoencoders.model import Autoencoder
-from autoencoders.reporting import format_table, write_metrics
+from autoencoders.reporting import report_run, select
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -33,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         callbacks=[Dashboard(cfg.paths.output_dir)],
     )
     (logged,) = trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = {k: v for k, v in logged.items() if k.startswith("test/")}
+    metrics = select(logged, "test/")
 
     # The zeroing experiment at several thresholds: the same test step, one pass each.
     curve_trainer = pl.Trainer(**quiet, logger=False, enable_progress_bar=False)
@@ -43,8 +41,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         for name in ("test/active_fraction", "test/bce_zeroed"):
             metrics[f"{name}@{threshold}"] = at_threshold[name]
 
-    write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
-    print(format_table(metrics))
+    report_run(metrics, cfg.paths.output_dir)
     return metrics
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
@@ -20,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoencoders.config import SettingError, check_settings  # (registers the resolvers)
 from autoencoders.model import Autoencoder
-from autoencoders.reporting import format_table, write_metrics
+from autoencoders.reporting import report_run, select
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +90,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if trainer.global_step % cfg.trainer.val_check_interval:  # the last step was not validated
         trainer.validate(model, datamodule=datamodule, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics = select(trainer.callback_metrics, "val/")
     (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics.update({k: v for k, v in test_metrics.items() if k.startswith("test/")})
+    metrics.update(select(test_metrics, "test/"))
     if trainer.is_global_zero:  # one metrics.json per run, however many processes
-        write_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
-        print(format_table(metrics))
+        report_run(metrics, cfg.paths.output_dir)
     return metrics
 
 

@@ -5,6 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+
+def select(metrics: dict, prefix: str) -> dict[str, float]:
+    """The metrics whose names start with `prefix` ("val/", "test/"), as floats."""
+    return {name: float(value) for name, value in metrics.items() if name.startswith(prefix)}
+
+
+def report_run(metrics: dict[str, float], output_dir: str | Path) -> None:
+    """A run's final metrics: `metrics.json` in its directory, and a table on stdout."""
+    write_metrics(metrics, Path(output_dir) / "metrics.json")
+    print(format_table(metrics))
+
 
 def write_metrics(metrics: dict[str, float], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,8 +41,6 @@ COLUMNS = ["job", "status", *SETTINGS, *METRICS]
 
 def read_job(job_dir: Path, sweep_dir: Path) -> dict:
     """One job's settings (from `.hydra/`) and final metrics (from `metrics.json`)."""
-    from omegaconf import OmegaConf  # only the report needs it here
-
     config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
     choices = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
     row = {"job": str(job_dir.relative_to(sweep_dir)) or ".", "variant": choices.get("variant")}
