@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from autoencoders.config import SettingError
+from autoencoders.config import REPO_ROOT, SettingError
 from autoencoders.data import MNISTDataModule, TrainBatches
 from eval import evaluate
 from train import build, check_distributed
@@ -57,7 +57,10 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
     common = [f"data.data_dir={mnist_dir}", "trainer=ddp_cpu", "trainer.val_check_interval=10",
               "callbacks.last_checkpoint.every_n_train_steps=10", "variant=denoising"]  # fmt: skip
     full, first, resumed = tmp_path / "runs" / "full", tmp_path / "first", tmp_path / "resumed"
-    result = run_script("train.py", *common, "trainer.max_steps=30", f"hydra.run.dir={full}")
+    same_weights = "+callbacks.same_weights._target_=tests.callbacks.SameWeightsOnEveryRank"
+    result = run_script("train.py", *common, same_weights, "trainer.max_steps=30",
+                        f"hydra.run.dir={full}", pythonpath=str(REPO_ROOT))  # fmt: skip
+    # every optimizer step all-reduced its gradients (10 steps per Lightning batch here)
     assert result.returncode == 0, result.stderr[-3000:]
     # one run directory for both processes, one metrics.json, rank 1's log beside rank 0's
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["full"]

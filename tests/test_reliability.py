@@ -26,7 +26,7 @@ def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(mnist
     ]  # fmt: skip
     full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
     assert run_script("train.py", *common, f"hydra.run.dir={full}").returncode == 0
-    kill = ["+callbacks.kill._target_=tests.crash.KillAtStep", "+callbacks.kill.step=35"]
+    kill = ["+callbacks.kill._target_=tests.callbacks.KillAtStep", "+callbacks.kill.step=35"]
     result = run_script(
         "train.py", *common, *kill, f"hydra.run.dir={crashed}", pythonpath=str(REPO_ROOT)
     )

@@ -4,8 +4,10 @@ import csv
 import os
 import subprocess
 import sys
+from shutil import rmtree
 
 import yaml
+from matplotlib.image import imread
 
 from autoencoders.config import REPO_ROOT
 from report import main as report_main
@@ -49,6 +51,25 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
     assert out.count("| done |") == 2 and (tmp_path / "report.md").read_text() in out + "\n"
     assert (tmp_path / "report.png").stat().st_size > 0
     assert (tmp_path / "robustness.png").stat().st_size > 0
+    two_panels = imread(tmp_path / "features.png").shape[1]
+    rmtree(tmp_path / "noise_prob=0.2,trainer=debug,variant=plain")  # one panel per done job
+    report_main([str(tmp_path)])
+    assert imread(tmp_path / "features.png").shape[1] == two_panels // 2
+
+
+def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(mnist_dir, tmp_path):
+    result = run_script(
+        "train.py", "-m", "experiment=noise_sweep", f"data.data_dir={mnist_dir}", "trainer=debug",
+        "trainer.max_steps=2", "linear_probe=false", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert report_main([str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert {r["status"] for r in rows} == {"done"} and {r["variant"] for r in rows} == {"denoising"}
+    assert sorted(float(r["noise_prob"]) for r in rows) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    for row in rows:  # each job tests on input masked at its own noise level
+        same = row["test/bce_masked"] == row["test/bce"]
+        assert same == (float(row["noise_prob"]) == 0.0), row["job"]
 
 
 def test_two_sweeps_started_at_the_same_time_do_not_collide(mnist_dir, tmp_path):

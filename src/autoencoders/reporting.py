@@ -83,14 +83,15 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def new_axes():
-    """A figure and axes for a report plot (matplotlib only imported here)."""
+def new_axes(ncols: int = 1, figsize: tuple[float, float] = (6, 4)):
+    """A figure and its row of `ncols` axes for a report plot (matplotlib imported only here)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(ncols=ncols, figsize=figsize, squeeze=False)
+    return fig, axes[0]
 
 
 def save(fig, path: Path) -> None:
@@ -103,7 +104,7 @@ def save(fig, path: Path) -> None:
 
 def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
     """test/bce against noise_prob, one line per variant."""
-    fig, ax = new_axes()
+    fig, (ax,) = new_axes()
     for variant in sorted({r["variant"] for r in rows if r["status"] == "done"}):
         points = sorted(
             (r["noise_prob"], r["test/bce"])
@@ -123,7 +124,7 @@ ROBUSTNESS_LEVELS = (0.0, 0.1, 0.3, 0.5, 0.7)
 def plot_robustness(rows: list[dict], path: Path) -> None:
     """The robustness curve: BCE on masked test input against its noise level, one line per
     finished job (noise 0 is the clean input, test/bce)."""
-    fig, ax = new_axes()
+    fig, (ax,) = new_axes()
     for row in rows:
         if row["status"] != "done" or "test/bce_masked@0.1" not in row:
             continue
@@ -135,12 +136,31 @@ def plot_robustness(rows: list[dict], path: Path) -> None:
     save(fig, path)
 
 
+def plot_features(rows: list[dict], sweep_dir: Path, path: Path) -> None:
+    """The finished jobs' learned features (each job's features.png) side by side."""
+    import matplotlib.image
+
+    jobs = [
+        r
+        for r in rows
+        if r["status"] == "done" and (sweep_dir / r["job"] / "features.png").is_file()
+    ]
+    fig, axes = new_axes(ncols=len(jobs), figsize=(3.6 * len(jobs), 2.3))
+    for ax, row in zip(axes, jobs, strict=True):
+        ax.imshow(matplotlib.image.imread(sweep_dir / row["job"] / "features.png"))
+        ax.set_title(f"{row['job']}\ntest/bce {row['test/bce']:.4f}", fontsize="small")
+        ax.axis("off")
+    save(fig, path)
+
+
 def write_sweep_report(sweep_dir: Path) -> list[dict]:
-    """report.md, report.csv, report.png and robustness.png in `sweep_dir`; returns the rows."""
+    """report.md, report.csv and the plots report.png (test/bce against noise_prob),
+    robustness.png and features.png in `sweep_dir`; returns the rows."""
     rows = collect_jobs(sweep_dir)
     (sweep_dir / "report.md").write_text(markdown_table(rows) + "\n")
     write_csv(rows, sweep_dir / "report.csv")
     if any(r["status"] == "done" for r in rows):
         plot_bce_against_noise(rows, sweep_dir / "report.png")
         plot_robustness(rows, sweep_dir / "robustness.png")
+        plot_features(rows, sweep_dir, sweep_dir / "features.png")
     return rows

@@ -1,0 +1,29 @@
+"""Callbacks that tests add to subprocess runs (`+callbacks.NAME._target_=tests.callbacks.X`)."""
+
+import os
+import signal
+
+import lightning.pytorch as pl
+import torch
+
+
+class KillAtStep(pl.Callback):
+    """Kills its own process at a step, as a crash or `kill -9` would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SameWeightsOnEveryRank(pl.Callback):
+    """Fails a distributed run whose ranks end training with different weights, as they do
+    when some optimizer steps skip the gradient all-reduce."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        weights = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        every_rank = trainer.strategy.all_gather(weights)  # [world_size, num_weights]
+        if not (every_rank == every_rank[0]).all():
+            raise RuntimeError("the ranks' weights differ after training")
