@@ -27,3 +27,13 @@ class SameWeightsOnEveryRank(pl.Callback):
         every_rank = trainer.strategy.all_gather(weights)  # [world_size, num_weights]
         if not (every_rank == every_rank[0]).all():
             raise RuntimeError("the ranks' weights differ after training")
+
+
+class CountAfterBackward(pl.Callback):
+    """Implements a backward hook (so Lightning's full `manual_backward` runs) and counts calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.calls += 1

@@ -11,6 +11,7 @@ from autoencoders.config import REPO_ROOT
 from eval import evaluate
 from train import build, train
 
+from .callbacks import CountAfterBackward
 from .conftest import compose_config, run_script
 
 
@@ -124,3 +125,21 @@ def test_steps_per_batch_changes_speed_not_results(make_cfg, tmp_path):
                        "trainer.val_check_interval=30", f"paths.output_dir={out}"))  # fmt: skip
         runs[k] = read_metrics(out)
     assert runs[1] == runs[3] == runs[10]  # bit for bit
+
+
+def test_the_lean_backward_matches_manual_backward_and_backward_hooks_still_run(make_cfg, tmp_path):
+    def fit(name, *overrides):
+        torch.manual_seed(0)  # as train() seeds before building
+        cfg = make_cfg(*overrides, f"paths.output_dir={tmp_path / name}", "variant=sparse",
+                       "trainer.max_steps=30", "trainer.val_check_interval=30")  # fmt: skip
+        datamodule, model, trainer = build(cfg)
+        trainer.fit(model, datamodule=datamodule)
+        return model, trainer
+
+    lean, _ = fit("lean")
+    full, trainer = fit("full", "+callbacks.count._target_=tests.callbacks.CountAfterBackward")
+    assert (lean.lean_backward, full.lean_backward) == (True, False)
+    (counter,) = [cb for cb in trainer.callbacks if isinstance(cb, CountAfterBackward)]
+    assert counter.calls == 30  # a callback with a backward hook gets it on every step
+    for name, weight in lean.state_dict().items():
+        assert torch.equal(weight, full.state_dict()[name]), name  # bit for bit

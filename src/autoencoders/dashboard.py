@@ -40,10 +40,13 @@ def reconstruction_grid(model, clean: torch.Tensor, masked: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def feature_grid(model) -> torch.Tensor:
-    """Each hidden unit's encoder weights as a 28x28 tile, each tile scaled to [0, 1]."""
-    weights = model.encoder.weight.detach().view(-1, 1, 28, 28).cpu()  # [H, 1, 28, 28]
-    return make_grid(weights, nrow=16, padding=1, normalize=True, scale_each=True, pad_value=1)
+def feature_grid(model, pixel_std: torch.Tensor) -> torch.Tensor:
+    """Each hidden unit's encoder weights times each pixel's standard deviation (what a
+    weight can contribute: the weights of border pixels that are almost never inked grow
+    large under Adam but do nothing) as a 28x28 tile, each tile scaled to [0, 1]."""
+    weights = model.encoder.weight.detach().cpu() * pixel_std  # [H, 784] * [784]
+    tiles = weights.view(-1, 1, 28, 28)
+    return make_grid(tiles, nrow=16, padding=1, normalize=True, scale_each=True, pad_value=1)
 
 
 def tensorboard_writers(trainer: pl.Trainer) -> list:
@@ -88,9 +91,10 @@ class Dashboard(pl.Callback):
         batch = (images[:1000].to(pl_module.device), noise[:1000].to(pl_module.device))
         clean, masked, _ = trainer.datamodule.on_after_batch_transfer(batch)
         n = self.num_images
+        pixel_std = trainer.datamodule.train_images[:10000].float().std(0) / 255  # [784]
         grids = {
             "reconstructions": reconstruction_grid(pl_module, clean[:n], masked[:n]),
-            "features": feature_grid(pl_module),
+            "features": feature_grid(pl_module, pixel_std),
         }
         step = trainer.global_step
         for writer in tensorboard_writers(trainer):

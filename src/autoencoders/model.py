@@ -9,6 +9,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from autoencoders.data import fixed_keep
@@ -45,6 +47,7 @@ class Autoencoder(pl.LightningModule):
         self.decoder = nn.Linear(latent_space, 784)
         for param in self.parameters():  # weights *and* biases, as in the chapter
             truncated_normal_(param.data, std=init_std)
+        self.lean_backward = False  # set when training starts: see backward_step
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.encoder(x))  # [B, 784] -> [B, H]
@@ -80,7 +83,7 @@ class Autoencoder(pl.LightningModule):
         for clean, masked in zip(*batch, strict=True):
             out = self.loss(clean, masked)
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(out["loss"])
+            self.backward_step(out["loss"])
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()  # per optimizer step (manual optimization: ours to call)
@@ -89,6 +92,21 @@ class Autoencoder(pl.LightningModule):
             if every and self.global_step % every == 0:
                 self.log_train_metrics(out)
         return {"loss": torch.stack(losses)}  # [k], for StopOnNonFiniteLoss
+
+    def on_train_start(self) -> None:
+        self.lean_backward = backward_hooks_unused(self.trainer)
+
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """`manual_backward(loss)`. When no callback and not the module implement its hooks, and
+        the precision is plain 32-bit, that is `loss.backward()` between the strategy's pre- and
+        post-backward (DDP's gradient all-reduce): done directly, it saves ~0.15 ms per step."""
+        if not self.lean_backward:
+            self.manual_backward(loss)
+            return
+        strategy = self.trainer.strategy
+        strategy.pre_backward(loss)
+        loss.backward()
+        strategy.post_backward(loss)
 
     def log_train_metrics(self, out: dict[str, torch.Tensor]) -> None:
         """Straight to the loggers, at x = global_step (self.log would count Lightning batches)."""
@@ -156,3 +174,14 @@ class Autoencoder(pl.LightningModule):
         if not self.hparams.scheduler:
             return optimizer
         return [optimizer], [instantiate(self.hparams.scheduler, optimizer=optimizer)]
+
+
+def backward_hooks_unused(trainer: pl.Trainer) -> bool:
+    """Whether `manual_backward` would only dispatch hooks that nobody implements."""
+    if type(trainer.precision_plugin) is not Precision:  # mixed precision scales the loss
+        return False
+    hooks = ("on_before_backward", "on_after_backward")
+    callbacks = [is_overridden(hook, cb, pl.Callback) for cb in trainer.callbacks for hook in hooks]
+    module = trainer.lightning_module
+    own = [is_overridden(hook, module, pl.LightningModule) for hook in (*hooks, "backward")]
+    return not any(callbacks + own)
