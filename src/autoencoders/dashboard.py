@@ -91,7 +91,7 @@ class Dashboard(pl.Callback):
         batch = (images[:1000].to(pl_module.device), noise[:1000].to(pl_module.device))
         clean, masked, _ = trainer.datamodule.on_after_batch_transfer(batch)
         n = self.num_images
-        pixel_std = trainer.datamodule.train_images[:10000].float().std(0) / 255  # [784]
+        pixel_std = trainer.datamodule.val_images.float().std(0) / 255  # [784]
         grids = {
             "reconstructions": reconstruction_grid(pl_module, clean[:n], masked[:n]),
             "features": feature_grid(pl_module, pixel_std),

@@ -150,19 +150,24 @@ class Autoencoder(pl.LightningModule):
         if not self.hparams.linear_probe:
             return
         datamodule = self.trainer.datamodule
+        with torch.inference_mode(False):  # codes the probe can fit on (no inference tensors)
+            train_codes, test_codes = (
+                self.codes(datamodule.train_images),
+                self.codes(datamodule.test_images),
+            )
         accuracy = linear_probe_accuracy(
-            self.codes(datamodule.train_images),
-            datamodule.train_labels,
-            self.codes(datamodule.test_images),
-            datamodule.test_labels,
+            train_codes, datamodule.train_labels, test_codes, datamodule.test_labels
         )
         self.log("test/probe_accuracy", accuracy)  # the same on every rank: all see all data
 
     @torch.no_grad()
     def codes(self, images: torch.Tensor) -> torch.Tensor:
         """Hidden activations of uint8 images [N, 784], in chunks, on the CPU: [N, H]."""
-        chunks = images.split(5000)
-        return torch.cat([self.encode(c.to(self.device).float() / 255).cpu() for c in chunks])
+        codes = torch.empty(len(images), self.hparams.latent_space)
+        for start in range(0, len(images), 5000):
+            chunk = images[start : start + 5000].to(self.device).float() / 255
+            codes[start : start + len(chunk)] = self.encode(chunk).cpu()
+        return codes
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Never write a checkpoint of diverged weights."""
