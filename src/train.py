@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning.pytorch as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from autoencoders.config import SettingError, check_settings  # (registers the resolvers)
-from autoencoders.model import Autoencoder
 from autoencoders.reporting import report_run, select
+
+# torch and Lightning are imported where they are used, so that the launcher process of a
+# parallel sweep (hydra/launcher=joblib), which only hands out jobs, never spends the ~5 s.
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from autoencoders.model import Autoencoder
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +40,16 @@ def threads_per_job(num_threads: int | None) -> int:
         else None
     )
     if not n_jobs:
+        import torch
+
         return torch.get_num_threads()
     return max(1, cores // (cores if n_jobs < 0 else n_jobs))  # joblib: -1 means one per core
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trainer]:
     """The data module, model and trainer that `cfg` describes."""
+    from autoencoders.model import Autoencoder
+
     datamodule = instantiate(cfg.data)
     model = Autoencoder(
         latent_space=cfg.latent_space,
@@ -81,6 +90,9 @@ def check_distributed(cfg: DictConfig, trainer: pl.Trainer) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test with the weights at the end of training; returns the final metrics."""
+    import lightning.pytorch as pl
+    import torch
+
     check_settings(cfg)
     torch.set_num_threads(threads_per_job(cfg.num_threads))
     log.info("torch threads: %d", torch.get_num_threads())

@@ -120,3 +120,11 @@ def test_optuna_search_runs_its_trials_and_reports_the_best(mnist_dir, tmp_path)
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [r["status"] for r in rows] == ["done"] * 3
     assert min(float(r["val/bce"]) for r in rows) == best["best_value"]
+
+
+def test_the_launcher_process_does_not_import_torch():
+    """A parallel sweep's launcher only hands out jobs: importing train.py stays light."""
+    code = "import sys, train; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.stdout == "[]\n", result.stderr[-2000:]
