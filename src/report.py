@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     unfinished = [r for r in rows if r["status"] != "done"]
     for row in unfinished:
         print(f"not done: {row['job']}: {row['status']}", file=sys.stderr)
-    print(f"\nwrote report.md, report.csv, report.png, robustness.png in {args.sweep_dir}")
+    plots = "report.png, robustness.png, features.png"
+    print(f"\nwrote report.md, report.csv, {plots} in {args.sweep_dir}")
     return 0
 
 

@@ -59,6 +59,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trai
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
         linear_probe=cfg.linear_probe,
+        compile=cfg.compile,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer = instantiate(

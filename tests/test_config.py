@@ -87,6 +87,11 @@ def test_chapter_defaults(make_cfg):
             "data.eval_batch_size=0 is out of range: it must be an integer >= 1",
         ),
         (
+            "compile=fast",
+            "compile='fast' is out of range: it must be null or one of default, reduce-overhead, "
+            "max-autotune, max-autotune-no-cudagraphs",
+        ),
+        (
             "callbacks.last_checkpoint.every_n_train_steps=0",
             "callbacks.last_checkpoint.every_n_train_steps=0 is out of range: "
             "it must be an integer >= 1",

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -79,3 +80,13 @@ def test_an_unknown_variant_stops_the_script_with_hydras_error(mnist_dir, tmp_pa
     result = run_script("train.py", "variant=sprase", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert "variant/sprase" in result.stderr and "Available options" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs a C compiler")
+def test_compiled_training_gives_the_eager_results(make_cfg, tmp_path):
+    common = ["variant=sparse", "trainer.max_steps=20", "linear_probe=false"]
+    eager = train(make_cfg(*common, f"paths.output_dir={tmp_path / 'eager'}"))
+    compiled = train(make_cfg(*common, "compile=default", f"paths.output_dir={tmp_path / 'c'}"))
+    assert compiled.keys() == eager.keys()
+    for name, value in eager.items():  # compiled kernels round differently: close, not equal
+        assert compiled[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name

@@ -73,8 +73,17 @@ RANGES = {
 }
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Raise SettingError naming the setting, its value and the allowed range."""
+    compile_mode = OmegaConf.select(cfg, "compile")
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise SettingError(
+            f"compile={compile_mode!r} is out of range: it must be null or one of "
+            f"{', '.join(COMPILE_MODES)}"
+        )
     for key, (low, high, low_ok, high_ok, integer, allowed) in RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is None:

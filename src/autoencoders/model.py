@@ -36,6 +36,7 @@ class Autoencoder(pl.LightningModule):
         scheduler: dict | None = None,
         init_std: float = 0.1,
         linear_probe: bool = True,
+        compile: str | None = None,
         robustness_levels: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7),
     ):
         super().__init__()
@@ -48,6 +49,7 @@ class Autoencoder(pl.LightningModule):
         for param in self.parameters():  # weights *and* biases, as in the chapter
             truncated_normal_(param.data, std=init_std)
         self.lean_backward = False  # set when training starts: see backward_step
+        self.train_loss = self.loss  # torch.compile'd when training starts, with `compile`
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.encoder(x))  # [B, 784] -> [B, H]
@@ -81,7 +83,7 @@ class Autoencoder(pl.LightningModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         losses = []
         for clean, masked in zip(*batch, strict=True):
-            out = self.loss(clean, masked)
+            out = self.train_loss(clean, masked)
             optimizer.zero_grad(set_to_none=True)
             self.backward_step(out["loss"])
             optimizer.step()
@@ -95,6 +97,8 @@ class Autoencoder(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.lean_backward = backward_hooks_unused(self.trainer)
+        if self.hparams.compile:  # the loss's forward and backward; "reduce-overhead": CUDA graphs
+            self.train_loss = torch.compile(self.loss, mode=self.hparams.compile)
 
     def backward_step(self, loss: torch.Tensor) -> None:
         """`manual_backward(loss)`. When no callback and not the module implement its hooks, and
