@@ -33,6 +33,14 @@ def test_every_config_group_option_composes(make_cfg, group, option):
 
         optimizer = instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(2))])
         assert optimizer.defaults["lr"] == cfg.learning_rate
+    if group == "scheduler" and cfg.scheduler:
+        import torch
+
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=cfg.learning_rate)
+        scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
+        optimizer.step()
+        scheduler.step()  # a schedule over trainer.max_steps optimizer steps
+        assert 0 < optimizer.param_groups[0]["lr"] <= cfg.learning_rate
     if group == "data":
         assert instantiate(cfg.data).batch_size == cfg.batch_size
     if group == "trainer":
