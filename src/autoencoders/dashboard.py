@@ -60,6 +60,7 @@ class Dashboard(pl.Callback):
         self.dirpath = Path(dirpath)
         self.num_images = num_images
         self.hparams = dict(hparams or {})
+        self.pixel_std = None  # [784], of the validation images: computed on the first draw
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.hparams or not trainer.is_global_zero:
@@ -91,10 +92,11 @@ class Dashboard(pl.Callback):
         batch = (images[:1000].to(pl_module.device), noise[:1000].to(pl_module.device))
         clean, masked, _ = trainer.datamodule.on_after_batch_transfer(batch)
         n = self.num_images
-        pixel_std = trainer.datamodule.val_images.float().std(0) / 255  # [784]
+        if self.pixel_std is None:
+            self.pixel_std = trainer.datamodule.val_images.float().std(0) / 255
         grids = {
             "reconstructions": reconstruction_grid(pl_module, clean[:n], masked[:n]),
-            "features": feature_grid(pl_module, pixel_std),
+            "features": feature_grid(pl_module, self.pixel_std),
         }
         step = trainer.global_step
         for writer in tensorboard_writers(trainer):

@@ -81,6 +81,7 @@ class Autoencoder(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         """One optimizer step per minibatch of the batch: clean, masked [k, B, 784]."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        log_every = self.trainer.log_every_n_steps  # in optimizer steps; 0: never
         losses = []
         for clean, masked in zip(*batch, strict=True):
             out = self.train_loss(clean, masked)
@@ -90,8 +91,7 @@ class Autoencoder(pl.LightningModule):
             if scheduler is not None:
                 scheduler.step()  # per optimizer step (manual optimization: ours to call)
             losses.append(out["loss"].detach())
-            every = self.trainer.log_every_n_steps  # in optimizer steps; 0: never
-            if every and self.global_step % every == 0:
+            if log_every and self.global_step % log_every == 0:
                 self.log_train_metrics(out)
         return {"loss": torch.stack(losses)}  # [k], for StopOnNonFiniteLoss
 

@@ -118,18 +118,22 @@ def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
     save(fig, path)
 
 
-ROBUSTNESS_LEVELS = (0.0, 0.1, 0.3, 0.5, 0.7)
+def robustness_curve(row: dict) -> list[tuple[float, float]]:
+    """(test noise, BCE) points of a job's `test/bce_masked@<noise>` metrics, noise 0 being
+    the clean input (`test/bce`); empty for a job without them."""
+    prefix = "test/bce_masked@"
+    points = sorted((float(k[len(prefix) :]), v) for k, v in row.items() if k.startswith(prefix))
+    return [(0.0, row["test/bce"]), *points] if points else []
 
 
 def plot_robustness(rows: list[dict], path: Path) -> None:
     """The robustness curve: BCE on masked test input against its noise level, one line per
-    finished job (noise 0 is the clean input, test/bce)."""
+    finished job."""
     fig, (ax,) = new_axes()
     for row in rows:
-        if row["status"] != "done" or "test/bce_masked@0.1" not in row:
-            continue
-        curve = [row["test/bce"], *(row[f"test/bce_masked@{p}"] for p in ROBUSTNESS_LEVELS[1:])]
-        ax.plot(ROBUSTNESS_LEVELS, curve, marker="o", label=row["job"])
+        curve = robustness_curve(row) if row["status"] == "done" else []
+        if curve:
+            ax.plot(*zip(*curve, strict=True), marker="o", label=row["job"])
     ax.set(xlabel="masking noise of the test input", ylabel="test BCE against the clean image")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
