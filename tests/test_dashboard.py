@@ -65,3 +65,13 @@ def test_the_pictures_are_saved_as_png(make_cfg, tmp_path):
         assert features.size == (16 * 29 + 1, 2 * 29 + 1)
     with Image.open(tmp_path / "reconstructions.png") as grid:
         assert grid.size == (10 * 30 + 2, 4 * 30 + 2)
+
+
+def test_many_features_are_tiled_in_a_square():
+    import torch
+
+    from autoencoders.dashboard import feature_grid
+    from autoencoders.model import Autoencoder
+
+    grid = feature_grid(Autoencoder(latent_space=1024), torch.ones(784))
+    assert grid.shape[1:] == (32 * 29 + 1, 32 * 29 + 1)  # 32 x 32 tiles, not 16 x 64

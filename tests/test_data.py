@@ -116,13 +116,13 @@ def test_validation_and_test_masks_are_fixed_across_epochs_and_runs(mnist_dir):
         again = [dm.on_after_batch_transfer(b)[1] for b in getattr(dm, loader)()]
         other = [other_run.on_after_batch_transfer(b)[1] for b in getattr(other_run, loader)()]
         assert all(map(torch.equal, first, again)) and all(map(torch.equal, first, other))
-    test_keep = fixed_keep(dm.test_noise, 0.3)
+    test_keep = fixed_keep(dm.fixed_noise("test", NUM_TEST), 0.3)
     assert 1 - test_keep.float().mean().item() == pytest.approx(0.3, abs=0.01)
-    assert not torch.equal(fixed_keep(dm.val_noise[:NUM_TEST], 0.3), test_keep)  # val != test
+    assert not torch.equal(fixed_keep(dm.fixed_noise("val", NUM_TEST), 0.3), test_keep)
 
 
 def test_fixed_masks_at_any_noise_level_are_nested_and_at_the_right_rate(mnist_dir):
-    noise = datamodule(mnist_dir).test_noise
+    noise = datamodule(mnist_dir).fixed_noise("test", NUM_TEST)
     masks = {level: fixed_keep(noise, level) for level in (0.0, 0.1, 0.3, 0.5, 0.7)}
     for level, keep in masks.items():
         assert 1 - keep.float().mean().item() == pytest.approx(level, abs=0.005)
@@ -143,6 +143,20 @@ def test_eval_batches_cover_the_split_in_order(mnist_dir):
     batches = list(dm.test_dataloader())
     assert len(batches) == len(dm.test_dataloader()) == 3  # 128 + 128 + 44
     assert torch.equal(torch.cat([images for images, _ in batches]), dm.test_images)
+
+
+@pytest.mark.parametrize("batch_size, world", [(1000, 1), (128, 1), (33, 2), (7, 3)])
+def test_each_row_gets_the_same_eval_noise_for_any_batch_size_and_shard(
+    mnist_dir, batch_size, world
+):
+    dm = datamodule(mnist_dir, eval_batch_size=batch_size)
+    expected = dm.fixed_noise("test", NUM_TEST)  # [N, 784], one draw
+    shares = []
+    for rank in range(world):
+        dm.shard = lambda rank=rank: (rank, world)
+        shares += [noise for _, noise in dm.test_dataloader()]
+    assert torch.equal(torch.cat(shares), expected)
+    assert not torch.equal(dm.fixed_noise("val", NUM_TEST), expected)
 
 
 def test_fashion_mnist_uses_the_same_split_rules(mnist_dir, tmp_path):

@@ -8,6 +8,7 @@ start of fitting: the run's hyperparameters for the HParams tab, tied to its fin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -46,7 +47,8 @@ def feature_grid(model, pixel_std: torch.Tensor) -> torch.Tensor:
     large under Adam but do nothing) as a 28x28 tile, each tile scaled to [0, 1]."""
     weights = model.encoder.weight.detach().cpu() * pixel_std  # [H, 784] * [784]
     tiles = weights.view(-1, 1, 28, 28)
-    return make_grid(tiles, nrow=16, padding=1, normalize=True, scale_each=True, pad_value=1)
+    nrow = max(16, math.ceil(math.sqrt(len(tiles))))  # 128 units: 16 x 8; 1024: 32 x 32
+    return make_grid(tiles, nrow=nrow, padding=1, normalize=True, scale_each=True, pad_value=1)
 
 
 def tensorboard_writers(trainer: pl.Trainer) -> list:
@@ -76,20 +78,22 @@ class Dashboard(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             datamodule = trainer.datamodule
-            self.draw(trainer, pl_module, "val", datamodule.val_images, datamodule.val_noise)
+            self.draw(trainer, pl_module, "val", datamodule.val_images)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
-        grids = self.draw(trainer, pl_module, "test", datamodule.test_images, datamodule.test_noise)
+        grids = self.draw(trainer, pl_module, "test", datamodule.test_images)
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
             save_image(grids["reconstructions"], self.dirpath / "reconstructions.png")
             save_image(grids["features"], self.dirpath / "features.png")
 
     @torch.no_grad()
-    def draw(self, trainer, pl_module, split: str, images, noise) -> dict[str, torch.Tensor]:
+    def draw(self, trainer, pl_module, split: str, images) -> dict[str, torch.Tensor]:
         """Log the pictures and histograms of `split`'s first digits; returns the pictures."""
-        batch = (images[:1000].to(pl_module.device), noise[:1000].to(pl_module.device))
+        images = images[:1000]
+        noise = trainer.datamodule.fixed_noise(split, len(images))
+        batch = (images.to(pl_module.device), noise.to(pl_module.device))
         clean, masked, _ = trainer.datamodule.on_after_batch_transfer(batch)
         n = self.num_images
         if self.pixel_std is None:

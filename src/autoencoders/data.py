@@ -105,18 +105,35 @@ class TrainBatches:
             step = stop
 
 
-class EvalBatches:
-    """Fixed batches `(images uint8 [b, 784], noise int16 [b, 784])`, in order."""
+def draw_noise(generator: torch.Generator, rows: int) -> torch.Tensor:
+    """The next `rows` rows of a split's fixed evaluation noise: uniform int16 levels, one
+    per pixel (see `fixed_keep`), [rows, 784]. Drawn in pieces, the rows are the same as in
+    one draw of the whole split."""
+    return torch.randint(-32768, 32768, (rows, 784), generator=generator, dtype=torch.int16)
 
-    def __init__(self, images: torch.Tensor, noise: torch.Tensor, batch_size: int):
-        self.images, self.noise, self.batch_size = images, noise, batch_size
+
+class EvalBatches:
+    """Fixed batches `(images uint8 [b, 784], noise int16 [b, 784])`, in order.
+
+    The noise is drawn batch by batch from a generator seeded with `noise_seed` rather than
+    stored (it would take 2 bytes per pixel of the split): row r of the split gets the same
+    levels for any batch size and shard. `first_row`: where this shard starts in the split.
+    """
+
+    def __init__(self, images: torch.Tensor, noise_seed: int, batch_size: int, first_row=0):
+        self.images, self.noise_seed, self.batch_size = images, noise_seed, batch_size
+        self.first_row = first_row
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
     def __iter__(self):
+        generator = torch.Generator().manual_seed(self.noise_seed)
+        for row in range(0, self.first_row, self.batch_size):  # the rows of earlier shards
+            draw_noise(generator, min(self.batch_size, self.first_row - row))
         for i in range(0, len(self.images), self.batch_size):
-            yield self.images[i : i + self.batch_size], self.noise[i : i + self.batch_size]
+            images = self.images[i : i + self.batch_size]
+            yield images, draw_noise(generator, len(images))
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -166,13 +183,14 @@ class MNISTDataModule(pl.LightningDataModule):
         self.val_images, self.train_images = images[: self.num_val], images[self.num_val :]
         self.train_labels = train.targets[self.num_val :]  # for the linear probe
         self.test_images, self.test_labels = test.data.flatten(1), test.targets
-        self.val_noise = self.fixed_noise(len(self.val_images), "val")
-        self.test_noise = self.fixed_noise(len(self.test_images), "test")
 
-    def fixed_noise(self, n: int, split: str) -> torch.Tensor:
-        """One uniform int16 level per pixel of a split, the same for every run: [n, 784]."""
-        generator = torch.Generator().manual_seed(derive_seed(self.eval_mask_seed, split))
-        return torch.randint(-32768, 32768, (n, 784), generator=generator, dtype=torch.int16)
+    def noise_seed(self, split: str) -> int:
+        """The seed of `split`'s evaluation noise: the same for every run and epoch."""
+        return derive_seed(self.eval_mask_seed, split)
+
+    def fixed_noise(self, split: str, rows: int) -> torch.Tensor:
+        """The first `rows` rows of `split`'s evaluation noise, as its batches carry them."""
+        return draw_noise(torch.Generator().manual_seed(self.noise_seed(split)), rows)
 
     def shard(self) -> tuple[int, int]:
         """(rank, number of processes)."""
@@ -192,17 +210,17 @@ class MNISTDataModule(pl.LightningDataModule):
             self.shard(),
         )  # fmt: skip
 
-    def eval_batches(self, images: torch.Tensor, noise: torch.Tensor) -> EvalBatches:
+    def eval_batches(self, images: torch.Tensor, split: str) -> EvalBatches:
         """This process's contiguous share of a split (all of it with one process)."""
         rank, world = self.shard()
-        part = slice(len(images) * rank // world, len(images) * (rank + 1) // world)
-        return EvalBatches(images[part], noise[part], self.eval_batch_size)
+        start, stop = len(images) * rank // world, len(images) * (rank + 1) // world
+        return EvalBatches(images[start:stop], self.noise_seed(split), self.eval_batch_size, start)
 
     def val_dataloader(self) -> EvalBatches:
-        return self.eval_batches(self.val_images, self.val_noise)
+        return self.eval_batches(self.val_images, "val")
 
     def test_dataloader(self) -> EvalBatches:
-        return self.eval_batches(self.test_images, self.test_noise)
+        return self.eval_batches(self.test_images, "test")
 
     def train_keep(self, step: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
         """The mask of training `step`, drawn on `device`, seeded with (seed, step), and the
