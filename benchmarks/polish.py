@@ -4,9 +4,9 @@
 
 Prints the gradient norm of the training BCE (clean input, the plain reconstruction loss) over
 all 55,000 training images, then the training and test BCE before and after each round of
-L-BFGS iterations on them. If L-BFGS cannot lower
-the training BCE, more of the same optimisation cannot either: what is left between the run
-and a lower test BCE is which minimum it found, not how far it got.
+L-BFGS iterations on them. If L-BFGS cannot lower the training BCE, more of the same
+optimisation cannot either: what is left between the run and a lower test BCE is which
+minimum it found, not how far it got.
 """
 
 from __future__ import annotations
