@@ -29,10 +29,12 @@ def test_every_config_group_option_composes(make_cfg, group, option):
     OmegaConf.to_container(ours, resolve=True)  # every interpolation of ours resolves
     check_settings(cfg)
     if group == "optimizer":
-        import torch
+        from autoencoders.model import Autoencoder
 
-        optimizer = instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(2))])
-        assert optimizer.defaults["lr"] == cfg.learning_rate
+        settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
+        optimizers = Autoencoder(latent_space=4, optimizer=settings).configure_optimizers()
+        assert optimizers[0].defaults["lr"] == cfg.learning_rate
+        assert sum(len(group["params"]) for o in optimizers for group in o.param_groups) == 4
     if group == "scheduler" and cfg.scheduler:
         import torch
 
@@ -100,6 +102,14 @@ def test_chapter_defaults(make_cfg):
             "max-autotune, max-autotune-no-cudagraphs",
         ),
         (
+            "scheduler=cooldown scheduler.cooldown_fraction=0",
+            "scheduler.cooldown_fraction=0 is out of range: it must be (0, 1]",
+        ),
+        (
+            "scheduler=cooldown scheduler.cooldown_fraction=1.5",
+            "scheduler.cooldown_fraction=1.5 is out of range: it must be (0, 1]",
+        ),
+        (
             "callbacks.last_checkpoint.every_n_train_steps=0",
             "callbacks.last_checkpoint.every_n_train_steps=0 is out of range: "
             "it must be an integer >= 1",
@@ -108,7 +118,7 @@ def test_chapter_defaults(make_cfg):
 )
 def test_bad_settings_name_the_setting_and_allowed_range(make_cfg, override, message):
     with pytest.raises(SettingError) as error:
-        check_settings(make_cfg(override))
+        check_settings(make_cfg(*override.split()))  # one override, or a group and its key
     assert str(error.value) == message
 
 

@@ -3,7 +3,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from autoencoders.model import Autoencoder
+from autoencoders.model import Autoencoder, constant_then_cooldown
 
 
 def test_shapes_and_range():
@@ -49,12 +49,63 @@ def test_adagrad_config_matches_tf1_adagrad_optimizer(make_cfg):
         assert torch.allclose(param.detach(), expected, rtol=0, atol=1e-12)
 
 
-def test_the_cosine_scheduler_steps_once_per_optimizer_step(make_cfg):
+@pytest.mark.parametrize("schedule", ["cosine", "cooldown"])
+def test_schedulers_step_once_per_optimizer_step_and_end_at_zero(make_cfg, schedule):
     from train import build
 
-    cfg = make_cfg("scheduler=cosine", "trainer.max_steps=20", "steps_per_batch=10")
+    cfg = make_cfg(f"scheduler={schedule}", "trainer.max_steps=20", "steps_per_batch=10")
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     (scheduler,) = trainer.lr_scheduler_configs
     assert scheduler.scheduler.last_epoch == 20  # 20 optimizer steps in 2 Lightning batches
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cooldown_holds_the_rate_then_decays_linearly_to_zero_and_resumes_exactly():
+    def build():
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.5)
+        return optimizer, constant_then_cooldown(optimizer, total_steps=100, cooldown_fraction=0.2)
+
+    def rates(optimizer, scheduler, steps):
+        """The learning rate of each of the next `steps` optimizer steps."""
+        out = []
+        for _ in range(steps):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    optimizer, scheduler = build()
+    first = rates(optimizer, scheduler, 90)
+    saved = optimizer.state_dict(), scheduler.state_dict()  # mid-cooldown, as a checkpoint has it
+    rest = rates(optimizer, scheduler, 10)
+    expected = [0.5] * 80 + [0.5 * (1 - k / 20) for k in range(20)]  # 80..99: 0.5 down to 0.025
+    assert first + rest == pytest.approx(expected, abs=1e-12)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+    optimizer, scheduler = build()
+    optimizer.load_state_dict(saved[0])
+    scheduler.load_state_dict(saved[1])
+    assert rates(optimizer, scheduler, 10) == rest
+
+
+def test_muon_steps_the_weights_adam_the_biases_and_each_step_counts_once(make_cfg):
+    from train import build
+
+    cfg = make_cfg("optimizer=muon", "learning_rate=0.02", "scheduler=cooldown",
+                   "trainer.max_steps=20", "steps_per_batch=10")  # fmt: skip
+    datamodule, model, trainer = build(cfg)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 20  # not 40: Lightning would count both optimizers' steps
+    muon, adam = trainer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.Adam)
+    assert [p.shape for p in muon.param_groups[0]["params"]] == [(128, 784), (784, 128)]
+    assert [p.shape for p in adam.param_groups[0]["params"]] == [(128,), (784,)]
+    assert [int(adam.state[p]["step"]) for p in adam.param_groups[0]["params"]] == [20, 20]
+    assert all("momentum_buffer" in muon.state[p] for p in muon.param_groups[0]["params"])
+    for name, p in model.named_parameters():
+        assert not torch.equal(p, before[name]), name
+    for config in trainer.lr_scheduler_configs:  # one cooldown each, both at the end: rate 0
+        assert config.scheduler.last_epoch == 20
+        assert config.scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)

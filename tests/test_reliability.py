@@ -19,11 +19,21 @@ def read_metrics(run_dir):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(mnist_dir, tmp_path):
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        [],  # the chapter's AdaGrad, no schedule
+        # two optimizers (Muon: the weights, Adam: the biases), each with its own cooldown
+        ["optimizer=muon", "learning_rate=0.02", "scheduler=cooldown"],
+    ],
+)
+def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(
+    mnist_dir, tmp_path, optimizer
+):
     # 600 training images / 64 = 10 steps per pass: the checkpoint at step 25 is mid-pass.
     common = [
         f"data.data_dir={mnist_dir}", "trainer=debug", "trainer.max_steps=60", "steps_per_batch=5",
-        "callbacks.last_checkpoint.every_n_train_steps=25", "variant=denoising",
+        "callbacks.last_checkpoint.every_n_train_steps=25", "variant=denoising", *optimizer,
     ]  # fmt: skip
     full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
     assert run_script("train.py", *common, f"hydra.run.dir={full}").returncode == 0
@@ -33,7 +43,10 @@ def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(mnist
     )
     assert result.returncode == -9  # SIGKILL: nothing ran after step 35
     last = crashed / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 25
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 25
+    counts = [len(checkpoint[key]) for key in ("optimizer_states", "lr_schedulers")]
+    assert counts == ([2, 2] if optimizer else [1, 0])
     result = run_script("train.py", *common, f"ckpt_path={last}", f"hydra.run.dir={resumed}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_metrics(resumed) == read_metrics(full)  # exact, not approx

@@ -62,6 +62,7 @@ RANGES = {
     "num_threads": (1, math.inf, True, False, True, "an integer >= 1 (or null)"),
     "seed": (0, 2**32 - 1, True, True, True, "an integer in [0, 4294967295]"),
     "data.eval_batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
+    "scheduler.cooldown_fraction": (0, 1, False, True, False, "(0, 1]"),
     "callbacks.last_checkpoint.every_n_train_steps": (
         1,
         math.inf,

@@ -23,6 +23,19 @@ def truncated_normal_(tensor: torch.Tensor, std: float = 0.1) -> torch.Tensor:
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
+def constant_then_cooldown(
+    optimizer: torch.optim.Optimizer, total_steps: int, cooldown_fraction: float = 0.2
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning rate held constant, then decayed linearly to 0 over the last
+    `cooldown_fraction` of `total_steps` (a "warmup-stable-decay" schedule without warmup)."""
+    cooldown = max(1, round(total_steps * cooldown_fraction))
+    hold = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    decay = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=cooldown)
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [hold, decay], milestones=[total_steps - cooldown]
+    )
+
+
 class Autoencoder(pl.LightningModule):
     """784 -> latent_space sigmoid -> 784 logits, initialised as the chapter does."""
 
@@ -80,20 +93,34 @@ class Autoencoder(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         """One optimizer step per minibatch of the batch: clean, masked [k, B, 784]."""
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizers, schedulers = self.optimizers_to_step()
         log_every = self.trainer.log_every_n_steps  # in optimizer steps; 0: never
         losses = []
         for clean, masked in zip(*batch, strict=True):
             out = self.train_loss(clean, masked)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             self.backward_step(out["loss"])
-            optimizer.step()
-            if scheduler is not None:
+            for optimizer in optimizers:
+                optimizer.step()
+            for scheduler in schedulers:
                 scheduler.step()  # per optimizer step (manual optimization: ours to call)
             losses.append(out["loss"].detach())
             if log_every and self.global_step % log_every == 0:
                 self.log_train_metrics(out)
         return {"loss": torch.stack(losses)}  # [k], for StopOnNonFiniteLoss
+
+    def optimizers_to_step(self) -> tuple[list, list]:
+        """The optimizers (one, or two with `optimizer.biases`) and their schedulers, as lists.
+
+        Lightning counts every step of a LightningOptimizer as a global step (Lightning issue
+        #17958), so only the first steps through Lightning; a second one steps directly.
+        """
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        if not isinstance(schedulers, list):
+            schedulers = [] if schedulers is None else [schedulers]
+        return [optimizers[0], *(extra.optimizer for extra in optimizers[1:])], schedulers
 
     def on_train_start(self) -> None:
         self.lean_backward = backward_hooks_unused(self.trainer)
@@ -177,10 +204,21 @@ class Autoencoder(pl.LightningModule):
             raise RuntimeError(f"non-finite weights at step {self.global_step}: not saving them")
 
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        """The optimizer; with `optimizer.biases` (Muon takes matrices only), that one for the
+        two weight matrices and a second for the biases. Each gets its own scheduler."""
+        settings = dict(self.hparams.optimizer)
+        biases = settings.pop("biases", None)
+        if biases is None:
+            optimizers = [instantiate(settings, params=self.parameters())]
+        else:
+            weights = [self.encoder.weight, self.decoder.weight]
+            optimizers = [
+                instantiate(settings, params=weights),
+                instantiate(biases, params=[self.encoder.bias, self.decoder.bias]),
+            ]
         if not self.hparams.scheduler:
-            return optimizer
-        return [optimizer], [instantiate(self.hparams.scheduler, optimizer=optimizer)]
+            return optimizers
+        return optimizers, [instantiate(self.hparams.scheduler, optimizer=o) for o in optimizers]
 
 
 def backward_hooks_unused(trainer: pl.Trainer) -> bool:
