@@ -44,7 +44,7 @@ def main() -> None:
         if step == 0:
             first_step = time.time()
         idx = torch.randint(0, len(train_images), (64,))
-        clean = train_images[idx].float().div_(255)
+        clean = train_images.index_select(0, idx).float().div_(255)  # faster than [idx]
         masked = clean * (torch.rand_like(clean) >= noise_prob) if noise_prob else clean
         hidden = torch.sigmoid(masked @ w1 + b1)
         loss = F.binary_cross_entropy_with_logits(hidden @ w2 + b2, clean)

@@ -51,6 +51,7 @@ def threads_per_job(num_threads: int | None) -> int:
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trainer]:
     """The data module, model and trainer that `cfg` describes."""
     from autoencoders.model import Autoencoder
+    from autoencoders.precision import lean_precision
 
     datamodule = instantiate(cfg.data)
     model = Autoencoder(
@@ -69,6 +70,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trai
         val_check_interval=cfg.trainer.val_check_interval // cfg.steps_per_batch,  # in batches
         logger=instantiate(cfg.logger),
         callbacks=callbacks,
+        **lean_precision(cfg.trainer.get("precision")),
     )
     return datamodule, model, trainer
 

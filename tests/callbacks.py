@@ -6,6 +6,8 @@ import signal
 import lightning.pytorch as pl
 import torch
 
+from autoencoders.precision import HOOKS
+
 
 class KillAtStep(pl.Callback):
     """Kills its own process at a step, as a crash or `kill -9` would."""
@@ -29,11 +31,18 @@ class SameWeightsOnEveryRank(pl.Callback):
             raise RuntimeError("the ranks' weights differ after training")
 
 
-class CountAfterBackward(pl.Callback):
-    """Implements a backward hook (so Lightning's full `manual_backward` runs) and counts calls."""
+class CountHooks(pl.Callback):
+    """Implements the hooks that LeanPrecision skips when nobody implements them, and counts
+    their calls."""
 
     def __init__(self):
-        self.calls = 0
+        self.calls = dict.fromkeys(HOOKS, 0)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.calls["on_before_backward"] += 1
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        self.calls += 1
+        self.calls["on_after_backward"] += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.calls["on_before_optimizer_step"] += 1

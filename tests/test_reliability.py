@@ -5,13 +5,15 @@ import math
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import Precision
 
+from autoencoders import precision
 from autoencoders.callbacks import DivergenceError
 from autoencoders.config import REPO_ROOT
 from eval import evaluate
 from train import build, train
 
-from .callbacks import CountAfterBackward
+from .callbacks import CountHooks
 from .conftest import compose_config, run_script
 
 
@@ -140,7 +142,9 @@ def test_steps_per_batch_changes_speed_not_results(make_cfg, tmp_path):
     assert runs[1] == runs[3] == runs[10]  # bit for bit
 
 
-def test_the_lean_backward_matches_manual_backward_and_backward_hooks_still_run(make_cfg, tmp_path):
+def test_lean_precision_matches_lightnings_own_and_implemented_hooks_still_run(
+    make_cfg, tmp_path, monkeypatch
+):
     def fit(name, *overrides):
         torch.manual_seed(0)  # as train() seeds before building
         cfg = make_cfg(*overrides, f"paths.output_dir={tmp_path / name}", "variant=sparse",
@@ -149,10 +153,26 @@ def test_the_lean_backward_matches_manual_backward_and_backward_hooks_still_run(
         trainer.fit(model, datamodule=datamodule)
         return model, trainer
 
-    lean, _ = fit("lean")
-    full, trainer = fit("full", "+callbacks.count._target_=tests.callbacks.CountAfterBackward")
-    assert (lean.lean_backward, full.lean_backward) == (True, False)
-    (counter,) = [cb for cb in trainer.callbacks if isinstance(cb, CountAfterBackward)]
-    assert counter.calls == 30  # a callback with a backward hook gets it on every step
-    for name, weight in lean.state_dict().items():
-        assert torch.equal(weight, full.state_dict()[name]), name  # bit for bit
+    lean, lean_trainer = fit("lean")
+    hooked, hooked_trainer = fit("hooked", "+callbacks.count._target_=tests.callbacks.CountHooks")
+    monkeypatch.setattr(precision, "lean_precision", lambda precision: {})
+    full, full_trainer = fit("lightning")
+
+    assert type(full_trainer.precision_plugin) is Precision  # Lightning's own
+    assert lean_trainer.precision_plugin.hooks == set()  # nothing to call: nothing called
+    (counter,) = [cb for cb in hooked_trainer.callbacks if isinstance(cb, CountHooks)]
+    assert hooked_trainer.precision_plugin.hooks == set(counter.calls)
+    assert counter.calls == dict.fromkeys(counter.calls, 30)  # each hook on every step
+    for name, weight in full.state_dict().items():
+        assert torch.equal(weight, lean.state_dict()[name]), name  # bit for bit
+        assert torch.equal(weight, hooked.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(
+    ("setting", "lean"),
+    [([], True), (["+trainer.precision=32"], True), (["+trainer.precision=bf16-mixed"], False)],
+)
+def test_only_plain_32_bit_precision_gets_the_lean_plugin(make_cfg, setting, lean):
+    _, _, trainer = build(make_cfg(*setting))
+    assert isinstance(trainer.precision_plugin, precision.LeanPrecision) == lean
+    assert trainer.precision == ("32-true" if lean else "bf16-mixed")
