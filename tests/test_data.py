@@ -28,8 +28,8 @@ def train_batches(dm, seed=None, step=0, max_steps=-1, steps_per_batch=1) -> Tra
 
 def first_train_batch(dm: MNISTDataModule, step: int = 0):
     """The (clean, masked) float minibatch of training `step`, as the model receives it."""
-    clean, masked = dm.on_after_batch_transfer(next(iter(train_batches(dm, step=step))))
-    return clean[0], masked[0]  # one step per item: [1, B, 784] -> [B, 784]
+    (pair,) = dm.on_after_batch_transfer(next(iter(train_batches(dm, step=step))))
+    return pair  # one step per item
 
 
 def test_split_sizes_and_validation_is_the_first_5000(mnist_dir):
@@ -80,10 +80,11 @@ def test_several_steps_per_batch_carry_the_same_minibatches(mnist_dir):
     for images, first in four:
         for i in range(len(images)):
             assert torch.equal(images[i], one.images[one.indices(first + i)])
-    clean, masked = dm.on_after_batch_transfer(four[1])  # a fresh mask per step, by its step
-    for i in range(4):
-        keep = dm.train_keep(4 + i, clean.shape[1:], clean.device)
-        assert torch.equal(masked[i], clean[i] * keep)
+    pairs = list(dm.on_after_batch_transfer(four[1]))  # a fresh mask per step, by its step
+    assert len(pairs) == 4
+    for i, (clean, masked) in enumerate(pairs):
+        assert torch.equal(clean, four[1][0][i].float() / 255)
+        assert torch.equal(masked, clean * dm.train_keep(4 + i, clean.shape, clean.device))
     cut = list(train_batches(dm, steps_per_batch=4, step=4, max_steps=6))
     assert [(len(images), step) for images, step in cut] == [(2, 4)]  # stops at max_steps
 

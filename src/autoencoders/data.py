@@ -234,16 +234,21 @@ class MNISTDataModule(pl.LightningDataModule):
         return keep_mask(shape, self.noise_prob, generator)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        """uint8 images -> floats in [0, 1]. Training: (clean, masked) [k, B, 784], a fresh
-        mask per step. Evaluation: (clean, masked, noise) [b, 784], the fixed mask, and the
-        fixed noise levels for masks at other noise levels (`fixed_keep`)."""
+        """uint8 images -> floats in [0, 1]. Evaluation: (clean, masked, noise) [b, 784], the
+        fixed mask, and the fixed noise levels for masks at other noise levels (`fixed_keep`).
+        Training: an iterator over the k steps of the batch, (clean, masked) [B, 784] each,
+        made as the model reaches that step: a step's floats are still in the CPU's cache
+        when it trains on them (converting all k at once costs up to 10% more per step)."""
         images, extra = batch
-        clean = images.float().div_(255)
         if isinstance(extra, torch.Tensor):  # evaluation: fixed noise levels
+            clean = images.float().div_(255)
             masked = clean * fixed_keep(extra, self.noise_prob) if self.noise_prob else clean
             return clean, masked, extra
+        return (self.train_pair(images[i], extra + i) for i in range(len(images)))
+
+    def train_pair(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean, masked) [B, 784] of training `step`, from its uint8 images [B, 784]."""
+        clean = images.float().div_(255)
         if self.noise_prob == 0:
             return clean, clean
-        first_step, shape = extra, clean.shape[1:]
-        keep = [self.train_keep(first_step + i, shape, clean.device) for i in range(len(clean))]
-        return clean, clean * torch.stack(keep)
+        return clean, clean * self.train_keep(step, clean.shape, clean.device)

@@ -89,11 +89,11 @@ class Autoencoder(pl.LightningModule):
         return {"loss": bce + self.hparams.beta * kl, "bce": bce, "kl": kl, "hidden": hidden}
 
     def training_step(self, batch, batch_idx):
-        """One optimizer step per minibatch of the batch: clean, masked [k, B, 784]."""
+        """One optimizer step per minibatch of the batch: k pairs of clean, masked [B, 784]."""
         optimizers, schedulers = self.optimizers_to_step()
         log_every = self.trainer.log_every_n_steps  # in optimizer steps; 0: never
         losses = []
-        for clean, masked in zip(*batch, strict=True):
+        for clean, masked in batch:
             out = self.train_loss(clean, masked)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
