@@ -29,9 +29,14 @@ def linear_probe_accuracy(
     """Test accuracy of softmax regression fit on (train_x [N, D] float, train_y [N]).
 
     The features are standardised in place (they are usually a throwaway copy: codes or
-    scaled pixels). Under Lightning's inference mode, pass tensors made outside it."""
+    scaled pixels). Under Lightning's inference mode, pass tensors made outside it.
+    The fit runs on train_x.T [D, N], so that the softmax runs along the N samples: PyTorch's
+    CPU softmax over a short row of classes is many times slower. Features stored that way
+    round (`train_x.T` contiguous, as `Autoencoder.codes` returns them) are used as they are;
+    others are copied."""
     standardise_(train_x, test_x)
     with torch.inference_mode(False), torch.enable_grad():  # Lightning tests in inference mode
+        features, labels = train_x.T.contiguous(), train_y.long()[None]  # [D, N], [1, N]
         weight = torch.zeros(train_x.shape[1], int(train_y.max()) + 1, requires_grad=True)
         bias = torch.zeros(weight.shape[1], requires_grad=True)
         optimizer = torch.optim.LBFGS(
@@ -40,7 +45,8 @@ def linear_probe_accuracy(
 
         def closure():
             optimizer.zero_grad()
-            loss = F.cross_entropy(train_x @ weight + bias, train_y.long())
+            logits = torch.addmm(bias[:, None], weight.T, features)  # [C, N]
+            loss = F.cross_entropy(logits[None], labels)  # classes on dim 1 of [1, C, N]
             loss = loss + weight_decay * weight.square().sum()
             loss.backward()
             return loss
