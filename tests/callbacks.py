@@ -46,3 +46,14 @@ class CountHooks(pl.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.calls["on_before_optimizer_step"] += 1
+
+
+class RequireThreads(pl.Callback):
+    """Fails a run that does not train on `threads` torch threads."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if torch.get_num_threads() != self.threads:
+            raise RuntimeError(f"training on {torch.get_num_threads()} threads, not {self.threads}")

@@ -90,6 +90,16 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
     assert read_metrics(resumed) == read_metrics(full)
 
 
+def test_ddp_keeps_an_explicit_num_threads(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # Lightning would then set 2 / 2 = 1
+    result = run_script("train.py", f"data.data_dir={mnist_dir}", "trainer=ddp_cpu",
+                        "trainer.max_steps=2", "trainer.val_check_interval=2", "num_threads=2",
+                        "linear_probe=false", f"hydra.run.dir={tmp_path}",
+                        "+callbacks.threads._target_=tests.callbacks.RequireThreads",
+                        "+callbacks.threads.threads=2", pythonpath=str(REPO_ROOT))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_ddp_that_relaunches_the_script_stops_a_multirun_with_advice(mnist_dir, tmp_path):
     result = run_script("train.py", "-m", "trainer=ddp_cpu", "variant=plain,sparse",
                         f"data.data_dir={mnist_dir}", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
