@@ -111,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     check_settings(cfg)
     torch.set_num_threads(threads_per_job(cfg.num_threads))
-    if cfg.num_threads:  # else Lightning's DDP launcher sets cores / processes in each rank
+    if cfg.num_threads:  # so that Lightning's DDP launcher keeps it (else: cores / processes)
         os.environ["OMP_NUM_THREADS"] = str(cfg.num_threads)
     log.info("torch threads: %d", torch.get_num_threads())
     pl.seed_everything(cfg.seed, workers=True)

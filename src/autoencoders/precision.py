@@ -1,8 +1,9 @@
 """Lightning's 32-bit precision without the hook calls that nobody answers.
 
 On every optimizer step, Lightning's precision plugin dispatches `on_before_backward`,
-`on_after_backward` and `on_before_optimizer_step` to each callback and to the module:
-about 0.1 ms a step here, 6% of the chapter's step, even when none of them implements one.
+`on_after_backward` and `on_before_optimizer_step` to each callback and to the module, even
+when none of them implements one: about 0.15 ms for the first two and 0.06 to 0.08 ms for
+the third here, over 10% of the chapter's step on this CPU.
 `LeanPrecision` checks once per run which hooks are implemented and calls only those.
 Everything else (the backward, the optimizer step, DDP's gradient all-reduce, which the
 strategy runs around the backward) is Lightning's own.
