@@ -5,7 +5,8 @@
 
 For each variant it runs A and B alternately (A B A B ...) so that machine noise cancels,
 each in a fresh process, and prints the median of each figure:
-- ms/step from the first to the last training step (A without its validation time);
+- ms/step from the first to the last training step (A without its validation time), and
+  A/B both of the medians and of each A B pair run one after the other;
 - start-up: process start to the first training step (imports, config, data);
 - the whole command (A: validation, test, pictures and checkpoints included);
 - peak resident memory of the process;
@@ -110,14 +111,16 @@ def main() -> None:
     print(
         f"\nbare `import torch, lightning.pytorch, hydra, torchvision`: {import_s:.2f} s (median)\n"
     )
-    header = ("variant", "A ms/step", "B ms/step", "A/B", "A start-up s", "start-up - import s",
-              "B start-up s", "A command s", "A peak MiB", "B peak MiB", "A/B memory",
-              "A test/bce (all repeats)")  # fmt: skip
+    header = ("variant", "A ms/step", "B ms/step", "A/B", "A/B of each pair", "A start-up s",
+              "start-up - import s", "B start-up s", "A command s", "A peak MiB", "B peak MiB",
+              "A/B memory", "A test/bce (all repeats)")  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for variant, a, b, bces in rows:
+        pairs = zip(a, b, strict=True)
+        pair_ratios = ", ".join(f"{x['ms_per_step'] / y['ms_per_step']:.2f}" for x, y in pairs)
         cells = (
             variant, f"{median(a, 'ms_per_step'):.3f}", f"{median(b, 'ms_per_step'):.3f}",
-            f"{median(a, 'ms_per_step') / median(b, 'ms_per_step'):.2f}",
+            f"{median(a, 'ms_per_step') / median(b, 'ms_per_step'):.2f}", pair_ratios,
             f"{median(a, 'startup_s'):.2f}", f"{median(a, 'startup_s') - import_s:+.2f}",
             f"{median(b, 'startup_s'):.2f}", f"{median(a, 'command_s'):.1f}",
             f"{median(a, 'rss_mib'):.0f}", f"{median(b, 'rss_mib'):.0f}",
