@@ -109,3 +109,19 @@ def test_muon_steps_the_weights_adam_the_biases_and_each_step_counts_once(make_c
     for config in trainer.lr_scheduler_configs:  # one cooldown each, both at the end: rate 0
         assert config.scheduler.last_epoch == 20
         assert config.scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_both_optimizers_step_through_the_precision_plugin_and_its_hooks(make_cfg):
+    from train import build
+
+    from .callbacks import CountHooks
+
+    count = "+callbacks.count._target_=tests.callbacks.CountHooks"
+    cfg = make_cfg("optimizer=muon", "learning_rate=0.02", "trainer.max_steps=20",
+                   "steps_per_batch=10", count)  # fmt: skip
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    (counter,) = [cb for cb in trainer.callbacks if isinstance(cb, CountHooks)]
+    assert trainer.global_step == 20
+    assert counter.calls["on_after_backward"] == 20
+    assert counter.calls["on_before_optimizer_step"] == 40  # Muon's and Adam's, every step

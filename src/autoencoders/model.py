@@ -98,8 +98,7 @@ class Autoencoder(pl.LightningModule):
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             self.manual_backward(out["loss"])  # lean: see autoencoders.precision
-            for optimizer in optimizers:
-                optimizer.step()
+            self.step_optimizers(optimizers)
             for scheduler in schedulers:
                 scheduler.step()  # per optimizer step (manual optimization: ours to call)
             losses.append(out["loss"].detach())
@@ -108,16 +107,20 @@ class Autoencoder(pl.LightningModule):
         return {"loss": torch.stack(losses)}  # [k], for StopOnNonFiniteLoss
 
     def optimizers_to_step(self) -> tuple[list, list]:
-        """The optimizers (one, or two with `optimizer.biases`) and their schedulers, as lists.
-
-        Lightning counts every step of a LightningOptimizer as a global step (Lightning issue
-        #17958), so only the first steps through Lightning; a second one steps directly.
-        """
+        """The optimizers (one, or two with `optimizer.biases`) and their schedulers, as lists."""
         optimizers, schedulers = self.optimizers(), self.lr_schedulers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         if not isinstance(schedulers, list):
             schedulers = [] if schedulers is None else [schedulers]
-        return [optimizers[0], *(extra.optimizer for extra in optimizers[1:])], schedulers
+        return optimizers, schedulers
+
+    def step_optimizers(self, optimizers: list) -> None:
+        """One step of each optimizer. Lightning counts every LightningOptimizer step as a
+        global step (Lightning issue #17958), so only the first steps as one; the others step
+        through the strategy, which applies the precision plugin and its hooks all the same."""
+        optimizers[0].step()
+        for extra in optimizers[1:]:
+            self.trainer.strategy.optimizer_step(extra.optimizer, closure=lambda: None)
 
     def on_train_start(self) -> None:
         if self.hparams.compile:  # the loss's forward and backward; "reduce-overhead": CUDA graphs
