@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -87,6 +89,20 @@ def test_several_steps_per_batch_carry_the_same_minibatches(mnist_dir):
         assert torch.equal(masked, clean * dm.train_keep(4 + i, clean.shape, clean.device))
     cut = list(train_batches(dm, steps_per_batch=4, step=4, max_steps=6))
     assert [(len(images), step) for images, step in cut] == [(2, 4)]  # stops at max_steps
+
+
+def test_training_batches_are_gathered_on_the_training_device(mnist_dir):
+    """On a GPU the training set stays there: no copy from the host per batch. The meta
+    device (shapes only, no data) stands in for a GPU."""
+    dm = datamodule(mnist_dir, batch_size=64, steps_per_batch=2)
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("meta")),
+        global_rank=0, world_size=1, global_step=0, max_steps=4,
+    )  # fmt: skip
+    batches = dm.train_dataloader()
+    assert batches.permutation(0).device.type == "meta"  # the order too: indexes there
+    items = [(images.device.type, tuple(images.shape), step) for images, step in batches]
+    assert items == [("meta", (2, 64, 784), 0), ("meta", (2, 64, 784), 2)]
 
 
 @pytest.mark.parametrize("noise_prob", [0.1, 0.3, 0.7])

@@ -49,7 +49,8 @@ class TrainBatches:
     K steps. Items start at multiples of K and stop at `max_steps`. An epoch is one pass
     over the data, rounded up to whole items. Starting from the trainer's global step makes
     a resumed run pick up exactly where it stopped. With several processes, rank r of W
-    gets rows [r*B/W, (r+1)*B/W) of every global batch.
+    gets rows [r*B/W, (r+1)*B/W) of every global batch. Rows are gathered on the device of
+    `images`, so training data on a GPU never passes through the host.
     """
 
     def __init__(
@@ -80,7 +81,8 @@ class TrainBatches:
             if len(self._permutations) == 2:
                 del self._permutations[min(self._permutations)]
             generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", pass_index))
-            self._permutations[pass_index] = torch.randperm(len(self.images), generator=generator)
+            order = torch.randperm(len(self.images), generator=generator)  # on the CPU
+            self._permutations[pass_index] = order.to(self.images.device)  # once per pass
         return self._permutations[pass_index]
 
     def indices(self, step: int) -> torch.Tensor:
@@ -206,9 +208,12 @@ class MNISTDataModule(pl.LightningDataModule):
         return self.trainer.global_step, self.trainer.max_steps
 
     def train_dataloader(self) -> TrainBatches:
+        """The training set goes to the training device once (on a GPU: 43 MB of uint8), and
+        its batches are gathered there: no copy from the host per batch."""
+        device = "cpu" if self.trainer is None else self.trainer.strategy.root_device
         return TrainBatches(
-            self.train_images, self.batch_size, self.seed, self.steps_per_batch, self.position,
-            self.shard(),
+            self.train_images.to(device), self.batch_size, self.seed, self.steps_per_batch,
+            self.position, self.shard(),
         )  # fmt: skip
 
     def eval_batches(self, images: torch.Tensor, split: str) -> EvalBatches:
