@@ -75,6 +75,24 @@ def test_chapter_defaults(make_cfg):
     assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (10000, 1000)
 
 
+@pytest.mark.parametrize("cuda, mps", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam", "muon"])
+def test_fused_cpu_optimizers_only_where_training_runs_on_the_cpu(
+    make_cfg, monkeypatch, optimizer, cuda, mps
+):
+    """torch's fused AdaGrad is CPU-only: `trainer.accelerator=auto` must not get it on a
+    machine with a GPU, whichever kind."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    fused = lambda cfg: (cfg.optimizer.get("biases") or cfg.optimizer).fused  # noqa: E731
+    auto = make_cfg(f"optimizer={optimizer}", "trainer=default")  # accelerator: auto
+    assert fused(auto) is not (cuda or mps)
+    assert fused(make_cfg(f"optimizer={optimizer}", "trainer=cpu")) is True
+    assert fused(make_cfg(f"optimizer={optimizer}", "trainer=gpu")) is False
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -22,11 +22,12 @@ def safe_name(name: str, max_length: int = 120) -> str:
 
 
 def on_cpu(accelerator: str) -> bool:
-    """Whether a run with this Lightning accelerator setting trains on the CPU."""
+    """Whether a run with this Lightning accelerator setting trains on the CPU. `auto`: when
+    neither a CUDA GPU nor Apple's MPS is there (Lightning would pick either)."""
     if accelerator == "auto":
         import torch
 
-        return not torch.cuda.is_available()
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
     return accelerator == "cpu"
 
 
