@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from autoencoders.config import REPO_ROOT
 from autoencoders.mnist_files import raw_dir, write_idx
@@ -74,6 +75,14 @@ def make_cfg(mnist_dir, tmp_path):
         return compose_config("train", [*tiny_overrides(mnist_dir, tmp_path), *overrides])
 
     return _make
+
+
+def read_run(logdir):
+    """{run name: accumulator} for every run under logdir, as `tensorboard --logdir` sees them."""
+    multiplexer = EventMultiplexer(size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    return {name: multiplexer.GetAccumulator(name) for name in multiplexer.Runs()}
 
 
 def run_script(

@@ -1,10 +1,11 @@
 """The TensorBoard content of a run, read back with TensorBoard's own event reader."""
 
 from PIL import Image
-from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from train import train
+
+from .conftest import read_run
 
 HPARAMS = {"variant", "optimizer", "noise_prob", "rho", "beta", "learning_rate", "latent_space",
            "batch_size", "seed"}  # fmt: skip
@@ -15,14 +16,6 @@ FINAL_METRICS = {
     "test/active_fraction",
     "test/bce_zeroed",
 }
-
-
-def read_run(logdir):
-    """{run name: accumulator} for every run under logdir, as `tensorboard --logdir` sees them."""
-    multiplexer = EventMultiplexer(size_guidance={"images": 0, "histograms": 0, "scalars": 0})
-    multiplexer.AddRunsFromDirectory(str(logdir))
-    multiplexer.Reload()
-    return {name: multiplexer.GetAccumulator(name) for name in multiplexer.Runs()}
 
 
 def test_tensorboard_holds_scalars_images_histograms_and_hparams(make_cfg, tmp_path):

@@ -7,7 +7,7 @@ from PIL import Image
 
 from train import build, train
 
-from .conftest import run_script
+from .conftest import read_run, run_script
 
 TEST_METRICS = {
     "test/bce",
@@ -64,6 +64,8 @@ def test_the_documented_command_runs_as_written(mnist_dir, tmp_path):
     assert (run_dir / "reconstructions.png").is_file()
     assert "noise_prob: 0.5" in (run_dir / ".hydra" / "config.yaml").read_text()
     assert "test/bce_masked" in result.stdout  # the final table
+    (events,) = read_run(run_dir / "tensorboard").values()  # all written by the time it exits
+    assert "test/bce" in events.Tags()["scalars"]
 
 
 def test_a_bad_setting_stops_the_script_before_it_writes_anything(mnist_dir, tmp_path):
