@@ -66,14 +66,22 @@ def run_project(variant: str, args, workdir: Path, tag: str, extra: list[str]) -
             "command_s": wall, "rss_mib": rss, "test_bce": metrics["test/bce"]}  # fmt: skip
 
 
-def run_minimal(variant: str, args) -> dict:
-    command = [sys.executable, "benchmarks/minimal_loop.py", f"--data-dir={args.data_dir}",
-               f"--variant={variant}", f"--steps={args.steps}"]  # fmt: skip
-    start, wall, rss, stdout = run(command)
+def minimal_loop_command(data_dir: str, variant: str, steps: int) -> list[str]:
+    return [sys.executable, "benchmarks/minimal_loop.py", f"--data-dir={data_dir}",
+            f"--variant={variant}", f"--steps={steps}"]  # fmt: skip
+
+
+def minimal_loop_result(stdout: str) -> tuple[dict, float]:
+    """The JSON line that minimal_loop.py prints, and its ms/step."""
     t = json.loads(stdout.strip().splitlines()[-1])
-    return {"ms_per_step": 1000 * (t["last_step"] - t["first_step"]) / t["steps"],
-            "startup_s": t["first_step"] - start, "command_s": wall, "rss_mib": rss,
-            "test_bce": t["test_bce"]}  # fmt: skip
+    return t, 1000 * (t["last_step"] - t["first_step"]) / t["steps"]
+
+
+def run_minimal(variant: str, args) -> dict:
+    start, wall, rss, stdout = run(minimal_loop_command(args.data_dir, variant, args.steps))
+    t, ms_per_step = minimal_loop_result(stdout)
+    return {"ms_per_step": ms_per_step, "startup_s": t["first_step"] - start,
+            "command_s": wall, "rss_mib": rss, "test_bce": t["test_bce"]}  # fmt: skip
 
 
 def median(runs: list[dict], key: str) -> float:

@@ -11,13 +11,14 @@ training steps cannot beat (side-by-side ms/step) / (2 x all-cores ms/step).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from speed import minimal_loop_command, minimal_loop_result  # benchmarks/, next to this file
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["variant=plain,sparse,denoising", "seed=0,1"]  # 6 jobs
@@ -39,8 +40,7 @@ def minimal_loops(args, copies: int, threads: int | None) -> list[float]:
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "benchmarks/minimal_loop.py", f"--data-dir={args.data_dir}",
-               f"--steps={args.bound_steps}"]  # fmt: skip
+    command = minimal_loop_command(args.data_dir, "plain", args.bound_steps)
     procs = [
         subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         for _ in range(copies)
@@ -50,8 +50,7 @@ def minimal_loops(args, copies: int, threads: int | None) -> list[float]:
         stdout, _ = proc.communicate()
         if proc.returncode:
             raise SystemExit(f"failed ({proc.returncode}): {' '.join(command)}")
-        t = json.loads(stdout.strip().splitlines()[-1])
-        timings.append(1000 * (t["last_step"] - t["first_step"]) / t["steps"])
+        timings.append(minimal_loop_result(stdout)[1])
     return timings
 
 
