@@ -10,10 +10,8 @@ each in a fresh process, and prints the median of each figure:
 - start-up: process start to the first training step (imports, config, data);
 - the whole command (A: validation, test, pictures and checkpoints included);
 - peak resident memory of the process;
-- test/bce, to check that A's result is the same in every repeat, and unchanged with the
-  speed settings off (one more A run per variant: one optimizer step per Lightning batch,
-  torch's unfused AdaGrad), whose ms/step shows what those settings buy.
-A bare `import torch, lightning.pytorch, hydra, torchvision` is timed in the same run, as
+- test/bce, to check that A's result is the same in every repeat.
+Both use torch's fused AdaGrad on the CPU. A bare `import torch, lightning.pytorch, hydra, torchvision` is timed in the same run, as
 the floor of any start-up.
 """
 
@@ -31,7 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE_IMPORT = "import torch, lightning.pytorch, hydra, torchvision"
-SPEED_SETTINGS_OFF = ["steps_per_batch=1", "optimizer.fused=false"]
 
 
 def run(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
@@ -112,10 +109,8 @@ def main() -> None:
                     run_project(variant, args, Path(tmp), f"{variant}-{repeat}", args.overrides)
                 )
                 b_runs.append(run_minimal(variant, args))
-            off_settings = [*args.overrides, *SPEED_SETTINGS_OFF]
-            off = run_project(variant, args, Path(tmp), f"{variant}-off", off_settings)
-            bces = {round(r["test_bce"], 6) for r in [*a_runs, off]}
-            rows.append((variant, a_runs, b_runs, off, bces))
+            bces = {round(r["test_bce"], 6) for r in a_runs}
+            rows.append((variant, a_runs, b_runs, bces))
             a_ms = [round(r["ms_per_step"], 3) for r in a_runs]
             b_ms = [round(r["ms_per_step"], 3) for r in b_runs]
             print(f"  {variant}: A {a_ms} ms/step, B {b_ms} ms/step", flush=True)
@@ -126,10 +121,9 @@ def main() -> None:
     )
     header = ("variant", "A ms/step", "B ms/step", "A/B", "A/B of each pair", "A start-up s",
               "start-up - import s", "B start-up s", "A command s", "A peak MiB", "B peak MiB",
-              "A/B memory", "A ms/step, speed settings off",
-              "A test/bce (all repeats, and speed settings off)")  # fmt: skip
+              "A/B memory", "A test/bce (all repeats)")  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for variant, a, b, off, bces in rows:
+    for variant, a, b, bces in rows:
         pairs = zip(a, b, strict=True)
         pair_ratios = ", ".join(f"{x['ms_per_step'] / y['ms_per_step']:.2f}" for x, y in pairs)
         cells = (
@@ -138,12 +132,12 @@ def main() -> None:
             f"{median(a, 'startup_s'):.2f}", f"{median(a, 'startup_s') - import_s:+.2f}",
             f"{median(b, 'startup_s'):.2f}", f"{median(a, 'command_s'):.1f}",
             f"{median(a, 'rss_mib'):.0f}", f"{median(b, 'rss_mib'):.0f}",
-            f"{median(a, 'rss_mib') / median(b, 'rss_mib'):.2f}", f"{off['ms_per_step']:.3f}",
+            f"{median(a, 'rss_mib') / median(b, 'rss_mib'):.2f}",
             ", ".join(f"{x:.6f}" for x in sorted(bces)),
         )  # fmt: skip
         print("| " + " | ".join(cells) + " |")
     if any(len(bces) > 1 for *_, bces in rows):
-        print("\nWARNING: A's test/bce differs between repeats or with the speed settings off")
+        print("\nWARNING: A's test/bce differs between repeats")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ import signal
 import lightning.pytorch as pl
 import torch
 
-from autoencoders.precision import HOOKS
-
 
 class KillAtStep(pl.Callback):
     """Kills its own process at a step, as a crash or `kill -9` would."""
@@ -31,23 +29,6 @@ class SameWeightsOnEveryRank(pl.Callback):
             raise RuntimeError("the ranks' weights differ after training")
 
 
-class CountHooks(pl.Callback):
-    """Implements the hooks that LeanPrecision skips when nobody implements them, and counts
-    their calls."""
-
-    def __init__(self):
-        self.calls = dict.fromkeys(HOOKS, 0)
-
-    def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self.calls["on_before_backward"] += 1
-
-    def on_after_backward(self, trainer, pl_module) -> None:
-        self.calls["on_after_backward"] += 1
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.calls["on_before_optimizer_step"] += 1
-
-
 class RequireThreads(pl.Callback):
     """Fails a run that does not train on `threads` torch threads."""
 
@@ -57,3 +38,34 @@ class RequireThreads(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if torch.get_num_threads() != self.threads:
             raise RuntimeError(f"training on {torch.get_num_threads()} threads, not {self.threads}")
+
+
+class RecordSteps(pl.Callback):
+    """Records, for each optimizer step, the gradient norm before clipping and how far the
+    weights moved; and the images of every training batch (the synthetic data's indices)."""
+
+    def __init__(self):
+        self.grad_norms, self.moves, self.images = [], [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        clean = (batch[0][:, :2] * 255).round().long()  # pixels 0 and 1 hold the index
+        self.images.append(clean[:, 0] + 256 * clean[:, 1])
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad.flatten() for p in pl_module.parameters()]
+        self.grad_norms.append(torch.cat(grads).norm().item())
+        self.before = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if len(self.moves) < len(self.grad_norms):  # this batch ended with an optimizer step
+            after = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+            self.moves.append((after - self.before).norm().item())
+
+
+class SpoilWeightsAtStart(pl.Callback):
+    """Adds large noise to the weights when training starts: a (resumed) run that gets worse."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        with torch.no_grad():
+            for param in pl_module.parameters():
+                param.add_(torch.randn_like(param))

@@ -9,6 +9,7 @@ from .conftest import CONF_DIR
 
 GROUPS = [
     "data",
+    "model",
     "variant",
     "optimizer",
     "scheduler",
@@ -32,9 +33,13 @@ def test_every_config_group_option_composes(make_cfg, group, option):
         from autoencoders.model import Autoencoder
 
         settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
-        optimizers = Autoencoder(latent_space=4, optimizer=settings).configure_optimizers()
-        assert optimizers[0].defaults["lr"] == cfg.learning_rate
-        assert sum(len(group["params"]) for o in optimizers for group in o.param_groups) == 4
+        optimizer = Autoencoder(latent_space=4, optimizer=settings).configure_optimizers()
+        assert optimizer.defaults["lr"] == cfg.learning_rate
+        assert sum(len(group["params"]) for group in optimizer.param_groups) == 4
+    if group == "model":
+        model = instantiate(cfg.model)
+        assert (model.hparams.latent_space, model.hparams.beta) == (cfg.latent_space, cfg.beta)
+        assert isinstance(model.hparams.optimizer, dict)  # built by the model, not by Hydra
     if group == "scheduler" and cfg.scheduler:
         import torch
 
@@ -89,7 +94,7 @@ def test_fused_cpu_optimizers_only_where_training_runs_on_the_cpu(
 
     def fused(trainer: str) -> bool:
         settings = make_cfg(f"optimizer={optimizer}", f"trainer={trainer}").optimizer
-        return (settings.get("biases") or settings).fused  # muon: Adam's, for the biases
+        return settings.fused  # muon: Adam's, for the biases
 
     assert fused("default") is not (cuda or mps)  # accelerator: auto
     assert fused("cpu") is True
@@ -117,10 +122,11 @@ def test_fused_cpu_optimizers_only_where_training_runs_on_the_cpu(
             "data.eval_batch_size=0",
             "data.eval_batch_size=0 is out of range: it must be an integer >= 1",
         ),
+        ("model.init_std=0", "model.init_std=0 is out of range: it must be > 0"),
         (
-            "compile=fast",
-            "compile='fast' is out of range: it must be null or one of default, reduce-overhead, "
-            "max-autotune, max-autotune-no-cudagraphs",
+            "model.compile=fast",
+            "model.compile='fast' is out of range: it must be null or one of default, "
+            "reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
         ),
         (
             "scheduler=cooldown scheduler.cooldown_fraction=0",

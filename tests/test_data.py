@@ -3,7 +3,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from autoencoders.data import MNISTDataModule, TrainBatches, fixed_keep
+from autoencoders.data import MNISTDataModule, TrainBatches
+from autoencoders.masks import fixed_keep
 
 from .conftest import NUM_TEST, NUM_TRAIN_FILE
 
@@ -20,18 +21,17 @@ def datamodule(mnist_dir, **kwargs) -> MNISTDataModule:
     return dm
 
 
-def train_batches(dm, seed=None, step=0, max_steps=-1, steps_per_batch=1) -> TrainBatches:
-    """The training batches of `dm` as a trainer at `step` would get them."""
+def train_batches(dm, seed=None, start=0, batches_per_step=1) -> TrainBatches:
+    """The training batches of `dm` as a trainer whose next batch is `start` would get them."""
     seed = dm.seed if seed is None else seed
     return TrainBatches(
-        dm.train_images, dm.batch_size, seed, steps_per_batch, lambda: (step, max_steps)
+        dm.train_images, dm.batch_size, seed, lambda: start, (0, 1), batches_per_step
     )
 
 
-def first_train_batch(dm: MNISTDataModule, step: int = 0):
-    """The (clean, masked) float minibatch of training `step`, as the model receives it."""
-    (pair,) = dm.on_after_batch_transfer(next(iter(train_batches(dm, step=step))))
-    return pair  # one step per item
+def first_train_batch(dm: MNISTDataModule, start: int = 0):
+    """The (clean, masked) float minibatch of training batch `start`, as the model gets it."""
+    return dm.on_after_batch_transfer(next(iter(train_batches(dm, start=start))))
 
 
 def test_split_sizes_and_validation_is_the_first_5000(mnist_dir):
@@ -55,7 +55,7 @@ def test_batches_are_flat_floats_in_unit_range(mnist_dir):
 def test_one_pass_visits_every_training_image_once(mnist_dir):
     dm = datamodule(mnist_dir, batch_size=100)  # 600 images: 6 steps per pass
     batches = train_batches(dm, seed=3)
-    seen = torch.cat([image_index(images[0]) for images, _ in batches])
+    seen = torch.cat([image_index(images) for images, _ in batches])
     assert len(batches) == 6
     assert torch.equal(seen.sort().values, torch.arange(5000, NUM_TRAIN_FILE))
     assert not torch.equal(seen, torch.arange(5000, NUM_TRAIN_FILE))  # shuffled
@@ -64,45 +64,37 @@ def test_one_pass_visits_every_training_image_once(mnist_dir):
 def test_batch_order_is_a_function_of_seed_and_step(mnist_dir):
     dm = datamodule(mnist_dir, batch_size=64)  # 600 / 64: batch 9 straddles two passes
     from_start = list(train_batches(dm, seed=7))
-    resumed = list(train_batches(dm, seed=7, step=4))
+    resumed = list(train_batches(dm, seed=7, start=4))
     assert len(resumed) == len(from_start) - 4  # runs to the end of the pass
     for (a, step_a), (b, step_b) in zip(from_start[4:], resumed, strict=True):
         assert step_a == step_b and torch.equal(a, b)
     other_seed = next(iter(train_batches(dm, seed=8)))[0]
     assert not torch.equal(other_seed, from_start[0][0])
-    next_pass = list(train_batches(dm, seed=7, step=10))
+    next_pass = list(train_batches(dm, seed=7, start=10))
     assert next_pass[0][1] == 10 and len(next_pass) == 10
 
 
-def test_several_steps_per_batch_carry_the_same_minibatches(mnist_dir):
-    dm = datamodule(mnist_dir, batch_size=64, noise_prob=0.3)  # 10 steps per pass
-    one = train_batches(dm, steps_per_batch=1)
-    four = list(train_batches(dm, steps_per_batch=4, max_steps=-1))
-    assert [(len(images), step) for images, step in four] == [(4, 0), (4, 4), (4, 8)]  # 12 steps
-    for images, first in four:
-        for i in range(len(images)):
-            assert torch.equal(images[i], one.images[one.indices(first + i)])
-    pairs = list(dm.on_after_batch_transfer(four[1]))  # a fresh mask per step, by its step
-    assert len(pairs) == 4
-    for i, (clean, masked) in enumerate(pairs):
-        assert torch.equal(clean, four[1][0][i].float() / 255)
-        assert torch.equal(masked, clean * dm.train_keep(4 + i, clean.shape, clean.device))
-    cut = list(train_batches(dm, steps_per_batch=4, step=4, max_steps=6))
-    assert [(len(images), step) for images, step in cut] == [(2, 4)]  # stops at max_steps
+def test_with_accumulation_an_epoch_ends_on_a_whole_optimizer_step(mnist_dir):
+    dm = datamodule(mnist_dir, batch_size=64)  # 600 images: 10 batches per pass
+    assert len(train_batches(dm)) == 10
+    three = train_batches(dm, batches_per_step=3)  # 12 batches: 4 optimizer steps
+    assert [index for _, index in three] == list(range(12))
+    resumed = train_batches(dm, start=2 * 3, batches_per_step=3)  # at global step 2
+    assert [index for _, index in resumed] == list(range(6, 12))
 
 
 def test_training_batches_are_gathered_on_the_training_device(mnist_dir):
     """On a GPU the training set stays there: no copy from the host per batch. The meta
     device (shapes only, no data) stands in for a GPU."""
-    dm = datamodule(mnist_dir, batch_size=64, steps_per_batch=2)
+    dm = datamodule(mnist_dir, batch_size=64)
     dm.trainer = SimpleNamespace(
         strategy=SimpleNamespace(root_device=torch.device("meta")),
-        global_rank=0, world_size=1, global_step=0, max_steps=4,
+        global_rank=0, world_size=1, global_step=4, accumulate_grad_batches=2,
     )  # fmt: skip
     batches = dm.train_dataloader()
     assert batches.permutation(0).device.type == "meta"  # the order too: indexes there
-    items = [(images.device.type, tuple(images.shape), step) for images, step in batches]
-    assert items == [("meta", (2, 64, 784), 0), ("meta", (2, 64, 784), 2)]
+    items = [(images.device.type, tuple(images.shape), index) for images, index in batches]
+    assert items == [("meta", (64, 784), 8), ("meta", (64, 784), 9)]  # batches 8, 9: step 4
 
 
 @pytest.mark.parametrize("noise_prob", [0.1, 0.3, 0.7])

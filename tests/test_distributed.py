@@ -21,15 +21,13 @@ def test_each_rank_gets_its_share_of_every_batch_and_its_own_masks(mnist_dir):
     dm = MNISTDataModule(str(mnist_dir), batch_size=64, noise_prob=0.3)
     dm.prepare_data()
     dm.setup()
-    position = lambda: (0, -1)  # noqa: E731
-    whole = next(iter(TrainBatches(dm.train_images, 64, 0, 2, position)))[0]  # [2, 64, 784]
-    shares = [
-        next(iter(TrainBatches(dm.train_images, 64, 0, 2, position, (r, 2))))[0] for r in (0, 1)
-    ]
-    assert torch.equal(torch.cat(shares, dim=1), whole)  # rank 0: rows 0-31, rank 1: 32-63
+    start = lambda: 0  # noqa: E731
+    whole = next(iter(TrainBatches(dm.train_images, 64, 0, start)))[0]  # [64, 784]
+    shares = [next(iter(TrainBatches(dm.train_images, 64, 0, start, (r, 2))))[0] for r in (0, 1)]
+    assert torch.equal(torch.cat(shares), whole)  # rank 0: rows 0-31, rank 1: 32-63
 
     class FakeTrainer:  # what the data module reads of a trainer
-        global_step, max_steps, world_size = 0, -1, 2
+        global_step, accumulate_grad_batches, world_size = 0, 1, 2
 
         def __init__(self, rank):
             self.global_rank = rank
@@ -60,7 +58,7 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
     same_weights = "+callbacks.same_weights._target_=tests.callbacks.SameWeightsOnEveryRank"
     result = run_script("train.py", *common, same_weights, "trainer.max_steps=30",
                         f"hydra.run.dir={full}", pythonpath=str(REPO_ROOT))  # fmt: skip
-    # every optimizer step all-reduced its gradients (10 steps per Lightning batch here)
+    # every optimizer step all-reduced its gradients
     assert result.returncode == 0, result.stderr[-3000:]
     # one run directory for both processes, one metrics.json, rank 1's log beside rank 0's
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["full"]
@@ -94,7 +92,7 @@ def test_ddp_keeps_an_explicit_num_threads(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # Lightning would then set 2 / 2 = 1
     result = run_script("train.py", f"data.data_dir={mnist_dir}", "trainer=ddp_cpu",
                         "trainer.max_steps=2", "trainer.val_check_interval=2", "num_threads=2",
-                        "linear_probe=false", f"hydra.run.dir={tmp_path}",
+                        "model.linear_probe=false", f"hydra.run.dir={tmp_path}",
                         "+callbacks.threads._target_=tests.callbacks.RequireThreads",
                         "+callbacks.threads.threads=2", pythonpath=str(REPO_ROOT))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

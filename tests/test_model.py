@@ -3,7 +3,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from autoencoders.model import Autoencoder, constant_then_cooldown
+from autoencoders.model import Autoencoder
+from autoencoders.optim import MuonWithAdam, constant_then_cooldown, orthogonalise
 
 
 def test_shapes_and_range():
@@ -53,11 +54,11 @@ def test_adagrad_config_matches_tf1_adagrad_optimizer(make_cfg):
 def test_schedulers_step_once_per_optimizer_step_and_end_at_zero(make_cfg, schedule):
     from train import build
 
-    cfg = make_cfg(f"scheduler={schedule}", "trainer.max_steps=20", "steps_per_batch=10")
+    cfg = make_cfg(f"scheduler={schedule}", "trainer.max_steps=20")
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     (scheduler,) = trainer.lr_scheduler_configs
-    assert scheduler.scheduler.last_epoch == 20  # 20 optimizer steps in 2 Lightning batches
+    assert scheduler.scheduler.last_epoch == 20  # stepped with each of the 20 optimizer steps
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -89,39 +90,71 @@ def test_cooldown_holds_the_rate_then_decays_linearly_to_zero_and_resumes_exactl
     assert rates(optimizer, scheduler, 10) == rest
 
 
-def test_muon_steps_the_weights_adam_the_biases_and_each_step_counts_once(make_cfg):
+def test_muon_steps_the_weights_adam_the_biases_in_one_optimizer(make_cfg):
     from train import build
 
     cfg = make_cfg("optimizer=muon", "learning_rate=0.02", "scheduler=cooldown",
-                   "trainer.max_steps=20", "steps_per_batch=10")  # fmt: skip
+                   "trainer.max_steps=20")  # fmt: skip
     datamodule, model, trainer = build(cfg)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer.fit(model, datamodule=datamodule)
-    assert trainer.global_step == 20  # not 40: Lightning would count both optimizers' steps
-    muon, adam = trainer.optimizers
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.Adam)
-    assert [p.shape for p in muon.param_groups[0]["params"]] == [(128, 784), (784, 128)]
-    assert [p.shape for p in adam.param_groups[0]["params"]] == [(128,), (784,)]
-    assert [int(adam.state[p]["step"]) for p in adam.param_groups[0]["params"]] == [20, 20]
-    assert all("momentum_buffer" in muon.state[p] for p in muon.param_groups[0]["params"])
+    assert trainer.global_step == 20
+    (optimizer,) = trainer.optimizers
+    muon, adam = optimizer.param_groups
+    assert muon["use_muon"] and not adam["use_muon"]
+    assert [p.shape for p in muon["params"]] == [(128, 784), (784, 128)]
+    assert [p.shape for p in adam["params"]] == [(128,), (784,)]
+    assert [int(optimizer.state[p]["step"]) for p in adam["params"]] == [20, 20]
+    assert all("momentum_buffer" in optimizer.state[p] for p in muon["params"])
     for name, p in model.named_parameters():
         assert not torch.equal(p, before[name]), name
-    for config in trainer.lr_scheduler_configs:  # one cooldown each, both at the end: rate 0
-        assert config.scheduler.last_epoch == 20
-        assert config.scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    (config,) = trainer.lr_scheduler_configs  # one cooldown scales both groups: rate 0 at the end
+    assert config.scheduler.last_epoch == 20
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0, 0], abs=1e-12)
 
 
-def test_both_optimizers_step_through_the_precision_plugin_and_its_hooks(make_cfg):
+def test_muon_matches_torch_muon_up_to_the_precision_of_its_iterations():
+    """The same update as torch.optim.Muon, whose Newton-Schulz iterations run in bfloat16."""
+    torch.manual_seed(0)
+    weights = [torch.randn(128, 784) * 0.1, torch.randn(784, 128) * 0.1]
+    ours_params = [torch.nn.Parameter(w.clone()) for w in weights]
+    torch_params = [torch.nn.Parameter(w.clone()) for w in weights]
+    ours = MuonWithAdam(ours_params, lr=0.02, weight_decay=0.0)
+    reference = torch.optim.Muon(torch_params, lr=0.02, weight_decay=0.0)
+    for _ in range(3):
+        grads = [torch.randn_like(w) for w in weights]
+        for params, optimizer in ((ours_params, ours), (torch_params, reference)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b, w in zip(ours_params, torch_params, weights, strict=True):
+        step_ours, step_torch = a.detach() - w, b.detach() - w
+        assert torch.allclose(step_ours, step_torch, rtol=0, atol=0.02 * step_torch.abs().max())
+        assert not torch.equal(a, b)  # float32 iterations, not bfloat16
+
+
+def test_orthogonalise_runs_in_float32_on_the_cpu_and_flattens_the_spectrum():
+    torch.manual_seed(0)
+    update = torch.randn(784, 128) @ torch.diag(torch.logspace(-2, 1, 128))  # condition 1000
+    result = orthogonalise(update)
+    assert result.dtype == torch.float32 and result.shape == (784, 128)
+    singular = torch.linalg.svdvals(result)
+    assert singular.max() < 1.3 and singular.max() / singular.min() < 10  # condition 1000 -> <10
+
+
+def test_gradient_clipping_and_accumulation_work_as_lightning_documents(make_cfg):
+    from autoencoders.data import TrainBatches
     from train import build
 
-    from .callbacks import CountHooks
-
-    count = "+callbacks.count._target_=tests.callbacks.CountHooks"
-    cfg = make_cfg("optimizer=muon", "learning_rate=0.02", "trainer.max_steps=20",
-                   "steps_per_batch=10", count)  # fmt: skip
+    cfg = make_cfg("+trainer.gradient_clip_val=0.01", "+trainer.accumulate_grad_batches=2",
+                   "trainer.max_steps=5", "optimizer=sgd", "learning_rate=0.1",
+                   "+callbacks.steps._target_=tests.callbacks.RecordSteps")  # fmt: skip
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
-    (counter,) = [cb for cb in trainer.callbacks if isinstance(cb, CountHooks)]
-    assert trainer.global_step == 20
-    assert counter.calls["on_after_backward"] == 20
-    assert counter.calls["on_before_optimizer_step"] == 40  # Muon's and Adam's, every step
+    (steps,) = [cb for cb in trainer.callbacks if type(cb).__name__ == "RecordSteps"]
+    assert trainer.global_step == 5 and len(steps.images) == 10  # two batches per step
+    stream = TrainBatches(datamodule.train_images, 64, cfg.seed, lambda: 0)
+    for i, images in enumerate(steps.images):  # batch i of the stream, in order
+        assert torch.equal(images, 5000 + stream.indices(i)), i
+    assert min(steps.grad_norms) > 0.1  # what clipping had to cut down ...
+    assert max(steps.moves) == pytest.approx(0.1 * 0.01, rel=1e-3)  # ... to lr * 0.01

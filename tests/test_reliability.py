@@ -5,16 +5,14 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch.plugins.precision import Precision
 
-from autoencoders import precision
 from autoencoders.callbacks import DivergenceError
 from autoencoders.config import REPO_ROOT
+from autoencoders.model import ScheduleMismatchError
 from eval import evaluate
 from train import build, train
 
-from .callbacks import CountHooks
-from .conftest import compose_config, run_script
+from .conftest import compose_config, read_run, run_script
 
 
 def read_metrics(run_dir):
@@ -25,7 +23,7 @@ def read_metrics(run_dir):
     "optimizer",
     [
         [],  # the chapter's AdaGrad, no schedule
-        # two optimizers (Muon: the weights, Adam: the biases), each with its own cooldown
+        # Muon for the weights and Adam for the biases, under a cooldown schedule
         ["optimizer=muon", "learning_rate=0.02", "scheduler=cooldown"],
     ],
 )
@@ -34,7 +32,7 @@ def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(
 ):
     # 600 training images / 64 = 10 steps per pass: the checkpoint at step 25 is mid-pass.
     common = [
-        f"data.data_dir={mnist_dir}", "trainer=debug", "trainer.max_steps=60", "steps_per_batch=5",
+        f"data.data_dir={mnist_dir}", "trainer=debug", "trainer.max_steps=60",
         "callbacks.last_checkpoint.every_n_train_steps=25", "variant=denoising", *optimizer,
     ]  # fmt: skip
     full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
@@ -48,19 +46,90 @@ def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 25
     counts = [len(checkpoint[key]) for key in ("optimizer_states", "lr_schedulers")]
-    assert counts == ([2, 2] if optimizer else [1, 0])
+    assert counts == ([1, 1] if optimizer else [1, 0])
     result = run_script("train.py", *common, f"ckpt_path={last}", f"hydra.run.dir={resumed}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_metrics(resumed) == read_metrics(full)  # exact, not approx
     assert last.is_file()  # the interrupted run's files are untouched
 
 
-def test_last_checkpoint_is_saved_at_the_end_and_loads_weights_only(make_cfg, tmp_path):
-    train(make_cfg("trainer.max_steps=23", "callbacks.last_checkpoint.every_n_train_steps=10"))
+def validations(run_dir) -> dict[int, float]:
+    """{optimizer steps done: val/bce} of each validation, from the run's TensorBoard events
+    (Lightning logs at the 0-based index of the last training batch: step s shows at s - 1)."""
+    (events,) = read_run(run_dir / "tensorboard").values()
+    return {event.step + 1: event.value for event in events.Scalars("val/bce")}
+
+
+def best_checkpoint(run_dir) -> tuple[int, float]:
+    """(step, val/bce) of a run's best.ckpt."""
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("BestCheckpoint")]
+    return checkpoint["global_step"], float(state["best_model_score"])
+
+
+def test_the_last_step_is_validated_checkpointed_and_counts_for_best(make_cfg, tmp_path):
+    metrics = train(make_cfg("trainer.max_steps=23", "learning_rate=0.3",
+                             "callbacks.last_checkpoint.every_n_train_steps=10"))  # fmt: skip
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 23
-    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
-    assert best["global_step"] in (10, 20, 23)  # saved after a validation, by val/bce
+    scores = validations(tmp_path)
+    assert list(scores) == [10, 20, 23]  # every val_check_interval (10), and the last step
+    assert metrics["val/bce"] == pytest.approx(scores[23])
+    assert min(scores, key=scores.get) == 23  # still improving at the end ...
+    assert best_checkpoint(tmp_path) == (23, pytest.approx(scores[23]))  # ... so best is 23
+
+
+def test_validation_keeps_its_interval_across_a_resume(make_cfg, tmp_path):
+    interval = ["trainer.val_check_interval=20", "callbacks.last_checkpoint.every_n_train_steps=10"]
+
+    def run(name, steps, *resume):
+        return train(make_cfg(*interval, f"trainer.max_steps={steps}", *resume,
+                              f"paths.output_dir={tmp_path / name}"))  # fmt: skip
+
+    full = run("a", 60)
+    run("b", 25)
+    resumed = run("c", 60, f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}")
+    assert list(validations(tmp_path / "b")) == [20, 25]
+    assert list(validations(tmp_path / "c")) == [40, 60]  # not 45 or 50: counted from step 0
+    assert read_metrics(tmp_path / "c") == read_metrics(tmp_path / "a")  # bit for bit
+    assert resumed["val/bce"] == full["val/bce"] == pytest.approx(validations(tmp_path / "a")[60])
+
+
+def test_best_checkpoint_is_the_best_of_the_whole_run_across_a_resume(make_cfg, tmp_path):
+    common = ["learning_rate=0.3", "callbacks.last_checkpoint.every_n_train_steps=10"]
+    train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
+    before = best_checkpoint(tmp_path / "first")
+    spoil = ["+callbacks.spoil._target_=tests.callbacks.SpoilWeightsAtStart"]  # worse after it
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(make_cfg(*common, *spoil, "trainer.max_steps=30", f"ckpt_path={last}"))
+    after = validations(tmp_path)
+    assert list(after) == [30] and after[30] > before[1]  # the resumed part did worse ...
+    assert best_checkpoint(tmp_path) == before  # ... so best.ckpt is still step 20's
+    assert best_checkpoint(tmp_path / "first") == before  # and the first run's is untouched
+
+
+def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(make_cfg, tmp_path):
+    common = ["scheduler=cooldown", "callbacks.last_checkpoint.every_n_train_steps=10"]
+    train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    extend = [*common, "trainer.max_steps=30", f"ckpt_path={last}"]
+    message = (r"planned for trainer.max_steps=20, and this run has trainer.max_steps=30\. "
+               r"Resume with trainer.max_steps=20, or add model.reschedule=true")  # fmt: skip
+    with pytest.raises(ScheduleMismatchError, match=message):
+        train(make_cfg(*extend, f"paths.output_dir={tmp_path / 'refused'}"))
+    assert not (tmp_path / "refused" / "metrics.json").exists()
+    assert torch.load(last, weights_only=True)["global_step"] == 20  # untouched
+
+    # deliberately: the cooldown for 30 steps (full rate to step 24, then down to 0 at 30)
+    cfg = make_cfg(*extend, "model.reschedule=true", f"paths.output_dir={tmp_path / 'again'}")
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    (config,) = trainer.lr_scheduler_configs
+    assert config.scheduler.last_epoch == 30
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    saved = torch.load(last, weights_only=True)["state_dict"]
+    moved = [not torch.equal(p, saved[name]) for name, p in model.state_dict().items()]
+    assert all(moved)  # the added steps trained (the old schedule had ended at rate 0)
 
 
 def test_eval_reproduces_the_training_time_test_metrics(make_cfg, tmp_path):
@@ -101,22 +170,15 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(make_cfg, t
     assert other["test/bce"] != first["test/bce"]
 
 
-@pytest.mark.parametrize("steps_per_batch", [1, 10])
-def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
-    make_cfg, tmp_path, steps_per_batch
-):
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg(
-        "optimizer=sgd", "learning_rate=1e38", "callbacks.last_checkpoint.every_n_train_steps=1",
-        f"steps_per_batch={steps_per_batch}",
-    )  # fmt: skip
+        "optimizer=sgd", "learning_rate=1e38", "callbacks.last_checkpoint.every_n_train_steps=1"
+    )
     message = r"inf at step 2.*learning_rate=1e\+38 is too high for torch.optim.SGD"
     with pytest.raises(DivergenceError, match=message):
         train(cfg)
     assert not (tmp_path / "metrics.json").exists()
     last = tmp_path / "checkpoints" / "last.ckpt"
-    if steps_per_batch > 1:  # the batch of steps 1-10 diverged: nothing of it was saved
-        assert not last.exists()
-        return
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 1
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
@@ -130,49 +192,3 @@ def test_weights_that_are_not_finite_are_never_saved(make_cfg, tmp_path):
     with pytest.raises(RuntimeError, match="non-finite weights"):
         trainer.save_checkpoint(tmp_path / "nan.ckpt")
     assert not (tmp_path / "nan.ckpt").exists()
-
-
-def test_steps_per_batch_changes_speed_not_results(make_cfg, tmp_path):
-    runs = {}
-    for k in (1, 3, 10):
-        out = tmp_path / f"k{k}"
-        train(make_cfg("variant=denoising", "trainer.max_steps=30", f"steps_per_batch={k}",
-                       "trainer.val_check_interval=30", f"paths.output_dir={out}"))  # fmt: skip
-        runs[k] = read_metrics(out)
-    assert runs[1] == runs[3] == runs[10]  # bit for bit
-
-
-def test_lean_precision_matches_lightnings_own_and_implemented_hooks_still_run(
-    make_cfg, tmp_path, monkeypatch
-):
-    def fit(name, *overrides):
-        torch.manual_seed(0)  # as train() seeds before building
-        cfg = make_cfg(*overrides, f"paths.output_dir={tmp_path / name}", "variant=sparse",
-                       "trainer.max_steps=30", "trainer.val_check_interval=30")  # fmt: skip
-        datamodule, model, trainer = build(cfg)
-        trainer.fit(model, datamodule=datamodule)
-        return model, trainer
-
-    lean, lean_trainer = fit("lean")
-    hooked, hooked_trainer = fit("hooked", "+callbacks.count._target_=tests.callbacks.CountHooks")
-    monkeypatch.setattr(precision, "lean_precision", lambda precision: {})
-    full, full_trainer = fit("lightning")
-
-    assert type(full_trainer.precision_plugin) is Precision  # Lightning's own
-    assert lean_trainer.precision_plugin.hooks == set()  # nothing to call: nothing called
-    (counter,) = [cb for cb in hooked_trainer.callbacks if isinstance(cb, CountHooks)]
-    assert hooked_trainer.precision_plugin.hooks == set(counter.calls)
-    assert counter.calls == dict.fromkeys(counter.calls, 30)  # each hook on every step
-    for name, weight in full.state_dict().items():
-        assert torch.equal(weight, lean.state_dict()[name]), name  # bit for bit
-        assert torch.equal(weight, hooked.state_dict()[name]), name
-
-
-@pytest.mark.parametrize(
-    ("setting", "lean"),
-    [([], True), (["+trainer.precision=32"], True), (["+trainer.precision=bf16-mixed"], False)],
-)
-def test_only_plain_32_bit_precision_gets_the_lean_plugin(make_cfg, setting, lean):
-    _, _, trainer = build(make_cfg(*setting))
-    assert isinstance(trainer.precision_plugin, precision.LeanPrecision) == lean
-    assert trainer.precision == ("32-true" if lean else "bf16-mixed")

@@ -60,7 +60,7 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
 def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(mnist_dir, tmp_path):
     result = run_script(
         "train.py", "-m", "experiment=noise_sweep", f"data.data_dir={mnist_dir}", "trainer=debug",
-        "trainer.max_steps=2", "linear_probe=false", f"hydra.sweep.dir={tmp_path}",
+        "trainer.max_steps=2", "model.linear_probe=false", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert report_main([str(tmp_path)]) == 0

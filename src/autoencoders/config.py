@@ -1,9 +1,10 @@
-"""What the Hydra configs need from code: the repo root resolver and the settings check."""
+"""What the Hydra configs need from code: the resolvers and the settings check."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -31,14 +32,25 @@ def on_cpu(accelerator: str) -> bool:
     return accelerator == "cpu"
 
 
+def current_run_settings(*, _root_: DictConfig) -> dict:
+    """The settings that tell this run apart (reporting.SETTINGS), for the HParams tab."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from autoencoders.reporting import run_settings
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return run_settings(_root_, choices)
+
+
 def register_resolvers() -> None:
     """`${repo_root:}`: the repo root, so default paths do not depend on the working dir;
     `${safe_name:...}`: a run name from overrides, usable as a folder name;
-    `${on_cpu:...}`: whether an accelerator setting means the CPU; `${gcd:a,b}`."""
+    `${on_cpu:...}`: whether an accelerator setting means the CPU;
+    `${run_settings:}`: the run's settings that the HParams tab shows."""
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     OmegaConf.register_new_resolver("on_cpu", on_cpu, replace=True)
-    OmegaConf.register_new_resolver("gcd", math.gcd, replace=True)
+    OmegaConf.register_new_resolver("run_settings", current_run_settings, replace=True)
 
 
 register_resolvers()  # on import: Hydra's launchers resolve paths in fresh worker processes too
@@ -48,63 +60,72 @@ class SettingError(ValueError):
     """A setting outside its allowed range."""
 
 
-# key -> (low, high, low inclusive, high inclusive, must be an integer, allowed range in words)
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number: [low, high], either end open, maybe integers only."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def allows(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        above = self.low < value or (not self.low_open and value == self.low)
+        below = value < self.high or (not self.high_open and value == self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        kind = "an integer " if self.integer else ""
+        low, high = (int(x) if float(x).is_integer() else x for x in (self.low, self.high))
+        if self.high == math.inf:
+            return f"{kind}{'>' if self.low_open else '>='} {low}"
+        brackets = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        interval = f"{brackets[0]}{low}, {high}{brackets[1]}"
+        return f"{kind}in {interval}" if kind else interval
+
+
+PROBABILITY = Range(0, 1, high_open=True)  # [0, 1)
+POSITIVE = Range(0, low_open=True)  # > 0
+COUNT = Range(1, integer=True)  # an integer >= 1
+
 RANGES = {
-    "noise_prob": (0, 1, True, False, False, "[0, 1)"),
-    "rho": (0, 1, False, False, False, "(0, 1)"),
-    "beta": (0, math.inf, True, False, False, ">= 0"),
-    "threshold": (0, 1, True, False, False, "[0, 1)"),
-    "latent_space": (1, math.inf, True, False, True, "an integer >= 1"),
-    "batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
-    "learning_rate": (0, math.inf, False, False, False, "> 0"),
-    "trainer.max_steps": (1, math.inf, True, False, True, "an integer >= 1"),
-    "steps_per_batch": (1, math.inf, True, False, True, "an integer >= 1"),
-    "trainer.val_check_interval": (1, math.inf, True, False, True, "an integer >= 1"),
-    "num_threads": (1, math.inf, True, False, True, "an integer >= 1 (or null)"),
-    "seed": (0, 2**32 - 1, True, True, True, "an integer in [0, 4294967295]"),
-    "data.eval_batch_size": (1, math.inf, True, False, True, "an integer >= 1"),
-    "scheduler.cooldown_fraction": (0, 1, False, True, False, "(0, 1]"),
-    "callbacks.last_checkpoint.every_n_train_steps": (
-        1,
-        math.inf,
-        True,
-        False,
-        True,
-        "an integer >= 1",
-    ),
+    "noise_prob": PROBABILITY,
+    "threshold": PROBABILITY,
+    "rho": Range(0, 1, low_open=True, high_open=True),
+    "beta": Range(0),
+    "learning_rate": POSITIVE,
+    "latent_space": COUNT,
+    "batch_size": COUNT,
+    "seed": Range(0, 2**32 - 1, integer=True),
+    "num_threads": COUNT,
+    "trainer.max_steps": COUNT,
+    "trainer.val_check_interval": COUNT,
+    "data.eval_batch_size": COUNT,
+    "model.init_std": POSITIVE,
+    "scheduler.cooldown_fraction": Range(0, 1, low_open=True),
+    "callbacks.last_checkpoint.every_n_train_steps": COUNT,
 }
-
-
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """Raise SettingError naming the setting, its value and the allowed range."""
-    compile_mode = OmegaConf.select(cfg, "compile")
+    """Raise SettingError naming the setting, its value and the allowed range. A setting
+    that is absent or null is not checked."""
+    compile_mode = OmegaConf.select(cfg, "model.compile")
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise SettingError(
-            f"compile={compile_mode!r} is out of range: it must be null or one of "
+            f"model.compile={compile_mode!r} is out of range: it must be null or one of "
             f"{', '.join(COMPILE_MODES)}"
         )
-    for key, (low, high, low_ok, high_ok, integer, allowed) in RANGES.items():
+    for key, allowed in RANGES.items():
         value = OmegaConf.select(cfg, key)
-        if value is None:
-            continue
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        valid = (
-            is_number
-            and (not integer or isinstance(value, int))
-            and (low < value or (low_ok and value == low))
-            and (value < high or (high_ok and value == high))
-        )
-        if not valid:
+        if value is not None and not allowed.allows(value):
             raise SettingError(f"{key}={value!r} is out of range: it must be {allowed}")
-    interval, steps = OmegaConf.select(cfg, "trainer.val_check_interval"), cfg.steps_per_batch
-    if interval is not None and interval % steps:
-        raise SettingError(
-            f"trainer.val_check_interval={interval} is out of range: it must be a multiple of "
-            f"steps_per_batch={steps}"
-        )
 
 
 class CheckSettingsFirst(Callback):

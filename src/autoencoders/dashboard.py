@@ -16,14 +16,7 @@ import torch
 from torch.utils.tensorboard.summary import hparams
 from torchvision.utils import make_grid, save_image
 
-# The metrics that the HParams tab shows next to each run's hyperparameters.
-HPARAMS_METRICS = (
-    "val/bce",
-    "test/bce",
-    "test/bce_masked",
-    "test/active_fraction",
-    "test/bce_zeroed",
-)
+from autoencoders.reporting import FINAL_METRICS
 
 
 @torch.no_grad()
@@ -70,7 +63,7 @@ class Dashboard(pl.Callback):
         # Declares the metric tags; their values are the scalars logged under the same tags.
         # (SummaryWriter.add_hparams would write them into a separate run, and
         # TensorBoardLogger.log_hyperparams would add a fake point at step 0.)
-        summaries = hparams(self.hparams, dict.fromkeys(HPARAMS_METRICS, 0.0))
+        summaries = hparams(self.hparams, dict.fromkeys(FINAL_METRICS, 0.0))
         for writer in tensorboard_writers(trainer):
             for summary in summaries:
                 writer._get_file_writer().add_summary(summary)

@@ -1,75 +1,59 @@
-"""MNIST as in-memory uint8 tensors, served as (clean, masked) batches of flat images.
+"""MNIST as in-memory uint8 tensors, served as (clean, masked) minibatches of flat images.
 
-Determinism by construction: training batch `s` is rows `[s*B, (s+1)*B)` of an endless
-stream made of one seeded permutation of the training split per pass, and its mask is
-drawn from a generator seeded with (seed, s). So the data a run sees is a pure function
-of (seed, global step): same seed, same run, and a resumed run continues exactly.
+Determinism by construction: training batch `i` is rows `[i*B, (i+1)*B)` of an endless stream
+made of one seeded permutation of the training split per pass, and its mask is drawn from a
+generator seeded with (seed, i). Batch `i` is trained on at optimizer step
+`i // accumulate_grad_batches`, so the data a run sees is a pure function of (seed, global
+step): same seed, same run, and a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 import torchvision.datasets
 
+from autoencoders.masks import derive_seed, draw_noise, fixed_keep, keep_mask
 from autoencoders.mnist_files import ensure_dataset
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from (seed, stream name, index, ...), stable across processes and versions."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
-
-
-def fixed_keep(noise: torch.Tensor, noise_prob: float) -> torch.Tensor:
-    """The evaluation mask at `noise_prob`, from fixed uniform int16 levels (one per pixel):
-    a pixel is dropped when its level is among the lowest `noise_prob` share (exact to
-    1/65536). The masks of different noise levels are nested."""
-    return noise >= round(noise_prob * 65536) - 32768
-
-
-def keep_mask(shape: torch.Size, noise_prob: float, generator: torch.Generator) -> torch.Tensor:
-    """Masking noise: True where a pixel is kept, each pixel dropped with `noise_prob`."""
-    uniform = torch.rand(shape, generator=generator, device=generator.device)
-    return uniform >= noise_prob
-
-
 class TrainBatches:
-    """The training batches of one Lightning epoch, from the trainer's current step on.
+    """The training minibatches of one epoch, `(images uint8 [B, 784], batch index)`, from
+    where training stands on.
 
-    Step `s` trains on rows [s*B, (s+1)*B) of an endless stream made of one seeded
-    permutation of the training split per pass (a batch may straddle two permutations,
-    like the chapter's `next_batch`). For speed, one item carries `steps_per_batch` (K)
-    consecutive steps, `(images uint8 [k, B, 784], first step)` with k <= K, and the model
-    makes one optimizer step per minibatch: Lightning's per-batch overhead is paid once per
-    K steps. Items start at multiples of K and stop at `max_steps`. An epoch is one pass
-    over the data, rounded up to whole items. Starting from the trainer's global step makes
-    a resumed run pick up exactly where it stopped. With several processes, rank r of W
-    gets rows [r*B/W, (r+1)*B/W) of every global batch. Rows are gathered on the device of
-    `images`, so training data on a GPU never passes through the host.
+    `start()` gives the index of the next batch (the trainer's global step times its
+    accumulation), so a resumed run picks up exactly where it stopped. An epoch is one pass
+    over the data, rounded up to whole optimizer steps (a batch may straddle two passes, like
+    the chapter's `next_batch`). With several processes, rank r of W gets rows
+    [r*B/W, (r+1)*B/W) of every global batch. Rows are gathered on the device of `images`,
+    so training data on a GPU never passes through the host.
     """
 
     def __init__(
-        self, images, batch_size: int, seed: int, steps_per_batch: int, position, shard=(0, 1)
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        start: Callable[[], int],
+        shard: tuple[int, int] = (0, 1),
+        batches_per_step: int = 1,
     ):
-        self.images, self.batch_size, self.seed = images, batch_size, seed
-        self.steps_per_batch = steps_per_batch
-        self.position = position  # callable: (the trainer's global step, max_steps or -1)
+        self.images, self.batch_size, self.seed, self.start = images, batch_size, seed, start
         rank, world = shard
         self.rows = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
-        steps_per_pass = math.ceil(len(images) / batch_size)
-        self.steps_per_epoch = math.ceil(steps_per_pass / steps_per_batch) * steps_per_batch
+        per_pass = math.ceil(len(images) / batch_size)
+        self.batches_per_epoch = math.ceil(per_pass / batches_per_step) * batches_per_step
         self._permutations: dict[int, torch.Tensor] = {}  # at most two passes live at a time
 
     def __len__(self) -> int:
-        return self.steps_per_epoch // self.steps_per_batch
+        return self.batches_per_epoch
 
-    # Resumable: the position is the trainer's global step, restored with the checkpoint,
-    # so there is no state of our own to save (this tells Lightning so).
+    # Resumable: the position is the trainer's global step, restored with the checkpoint, so
+    # there is no state of our own to save (this tells Lightning so).
     def state_dict(self) -> dict:
         return {}
 
@@ -85,42 +69,28 @@ class TrainBatches:
             self._permutations[pass_index] = order.to(self.images.device)  # once per pass
         return self._permutations[pass_index]
 
-    def indices(self, step: int) -> torch.Tensor:
-        n = len(self.images)
-        start = step * self.batch_size
-        pass_index, offset = divmod(start, n)
+    def indices(self, batch: int) -> torch.Tensor:
+        """The rows of the whole (global) batch number `batch`: [B]."""
+        pass_index, offset = divmod(batch * self.batch_size, len(self.images))
         idx = self.permutation(pass_index)[offset : offset + self.batch_size]
         if len(idx) < self.batch_size:  # straddles two passes
             idx = torch.cat([idx, self.permutation(pass_index + 1)[: self.batch_size - len(idx)]])
         return idx
 
     def __iter__(self):
-        step, max_steps = self.position()
-        end = (step // self.steps_per_epoch + 1) * self.steps_per_epoch  # this epoch's end
-        if max_steps >= 0:
-            end = min(end, max_steps)
-        k = self.steps_per_batch
-        while step < end:
-            stop = min((step // k + 1) * k, end)
-            rows = torch.cat([self.indices(s)[self.rows] for s in range(step, stop)])
-            images = self.images.index_select(0, rows)  # [k*B, 784]; 5x faster than images[rows]
-            yield images.view(stop - step, -1, self.images.shape[1]), step
-            step = stop
-
-
-def draw_noise(generator: torch.Generator, rows: int) -> torch.Tensor:
-    """The next `rows` rows of a split's fixed evaluation noise: uniform int16 levels, one
-    per pixel (see `fixed_keep`), [rows, 784]. Drawn in pieces, the rows are the same as in
-    one draw of the whole split."""
-    return torch.randint(-32768, 32768, (rows, 784), generator=generator, dtype=torch.int16)
+        first = self.start()
+        end = (first // self.batches_per_epoch + 1) * self.batches_per_epoch  # this epoch's end
+        for batch in range(first, end):
+            rows = self.indices(batch)[self.rows]
+            yield self.images.index_select(0, rows), batch  # [B / W, 784]
 
 
 class EvalBatches:
     """Fixed batches `(images uint8 [b, 784], noise int16 [b, 784])`, in order.
 
-    The noise is drawn batch by batch from a generator seeded with `noise_seed` rather than
-    stored (it would take 2 bytes per pixel of the split): row r of the split gets the same
-    levels for any batch size and shard. `first_row`: where this shard starts in the split.
+    The noise levels (see `masks.fixed_keep`) are drawn batch by batch from a generator seeded
+    with `noise_seed` rather than stored (2 bytes per pixel of the split): row r of the split
+    gets the same levels for any batch size and shard. `first_row`: where this shard starts.
     """
 
     def __init__(self, images: torch.Tensor, noise_seed: int, batch_size: int, first_row=0):
@@ -143,10 +113,10 @@ class MNISTDataModule(pl.LightningDataModule):
     """Clean and masked MNIST (or Fashion-MNIST: `dataset="FashionMNIST"`) batches:
     train 55,000 / val 5,000 (the first of the training file) / test 10,000.
 
-    Batches leave the loaders as uint8 and become `(clean, masked)` float tensors in [0, 1],
-    shape [B, 784], in `on_after_batch_transfer`, on the batch's device. Training masks are
-    fresh for every step; validation and test masks are fixed by `eval_mask_seed` (one
-    uniform level per pixel, thresholded at any noise level: see `fixed_keep`).
+    Batches leave the loaders as uint8 and become float tensors in [0, 1], shape [B, 784], in
+    `on_after_batch_transfer`, on the batch's device: training `(clean, masked)` with a fresh
+    mask per batch; evaluation `(clean, masked, noise)` with the fixed mask at `noise_prob`
+    and the fixed levels for masks at any other noise level.
     """
 
     def __init__(
@@ -158,7 +128,6 @@ class MNISTDataModule(pl.LightningDataModule):
         num_val: int = 5000,
         eval_batch_size: int = 1000,
         eval_mask_seed: int = 2024,
-        steps_per_batch: int = 1,
         dataset: str = "MNIST",
     ):
         super().__init__()
@@ -166,7 +135,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.batch_size, self.noise_prob, self.seed = batch_size, noise_prob, seed
         self.num_val, self.eval_batch_size = num_val, eval_batch_size
-        self.eval_mask_seed, self.steps_per_batch = eval_mask_seed, steps_per_batch
+        self.eval_mask_seed = eval_mask_seed
         self.dataset = dataset  # a torchvision dataset class in the MNIST format
         self.train_images = self.val_images = self.test_images = None
         self.train_labels = self.test_labels = None
@@ -201,19 +170,20 @@ class MNISTDataModule(pl.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def position(self) -> tuple[int, int]:
-        """(global step, max_steps): where training stands and where it stops."""
+    def next_batch(self) -> int:
+        """The index of the next training batch: global step x accumulated batches per step."""
         if self.trainer is None:
-            return 0, -1
-        return self.trainer.global_step, self.trainer.max_steps
+            return 0
+        return self.trainer.global_step * self.trainer.accumulate_grad_batches
 
     def train_dataloader(self) -> TrainBatches:
         """The training set goes to the training device once (on a GPU: 43 MB of uint8), and
         its batches are gathered there: no copy from the host per batch."""
         device = "cpu" if self.trainer is None else self.trainer.strategy.root_device
+        per_step = 1 if self.trainer is None else self.trainer.accumulate_grad_batches
         return TrainBatches(
-            self.train_images.to(device), self.batch_size, self.seed, self.steps_per_batch,
-            self.position, self.shard(),
+            self.train_images.to(device), self.batch_size, self.seed, self.next_batch,
+            self.shard(), per_step,
         )  # fmt: skip
 
     def eval_batches(self, images: torch.Tensor, split: str) -> EvalBatches:
@@ -228,33 +198,24 @@ class MNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> EvalBatches:
         return self.eval_batches(self.test_images, "test")
 
-    def train_keep(self, step: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """The mask of training `step`, drawn on `device`, seeded with (seed, step), and the
-        rank when several processes share each batch."""
+    def train_keep(self, batch: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """The mask of training batch `batch`, drawn on `device`, seeded with (seed, batch),
+        and the rank when several processes share each batch."""
         generator = self._generators.get(device)
         if generator is None:
             generator = self._generators[device] = torch.Generator(device=device)
         rank, world = self.shard()
-        generator.manual_seed(derive_seed(self.seed, "mask", step, *([rank] if world > 1 else [])))
+        generator.manual_seed(derive_seed(self.seed, "mask", batch, *([rank] if world > 1 else [])))
         return keep_mask(shape, self.noise_prob, generator)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        """uint8 images -> floats in [0, 1]. Evaluation: (clean, masked, noise) [b, 784], the
-        fixed mask, and the fixed noise levels for masks at other noise levels (`fixed_keep`).
-        Training: an iterator over the k steps of the batch, (clean, masked) [B, 784] each,
-        made as the model reaches that step: a step's floats are still in the CPU's cache
-        when it trains on them (converting and masking all k at once cost 5 to 12% more
-        per denoising step)."""
+        """uint8 images -> floats in [0, 1]: training (clean, masked), evaluation (clean,
+        masked, noise), each [b, 784]."""
         images, extra = batch
-        if isinstance(extra, torch.Tensor):  # evaluation: fixed noise levels
-            clean = images.float().div_(255)
+        clean = images.float().div_(255)
+        if isinstance(extra, torch.Tensor):  # evaluation: the fixed noise levels
             masked = clean * fixed_keep(extra, self.noise_prob) if self.noise_prob else clean
             return clean, masked, extra
-        return (self.train_pair(images[i], extra + i) for i in range(len(images)))
-
-    def train_pair(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clean, masked) [B, 784] of training `step`, from its uint8 images [B, 784]."""
-        clean = images.float().div_(255)
-        if self.noise_prob == 0:
+        if self.noise_prob == 0:  # training batch number `extra`
             return clean, clean
-        return clean, clean * self.train_keep(step, clean.shape, clean.device)
+        return clean, clean * self.train_keep(extra, clean.shape, clean.device)

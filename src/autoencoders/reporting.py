@@ -31,20 +31,33 @@ def format_table(metrics: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
+# --- What tells runs apart: the HParams tab's columns and the sweep report's -----------------
+
+GROUP_SETTINGS = ("variant", "optimizer")  # config group choices
+SETTINGS = (*GROUP_SETTINGS, "noise_prob", "rho", "beta", "learning_rate", "latent_space",
+            "batch_size", "seed")  # fmt: skip
+FINAL_METRICS = ("val/bce", "test/bce", "test/bce_masked", "test/active_fraction",
+                 "test/bce_zeroed", "test/probe_accuracy")  # fmt: skip
+
+
+def run_settings(cfg, choices) -> dict:
+    """A run's SETTINGS, from its config and Hydra's config group choices."""
+    return {
+        key: choices.get(key) if key in GROUP_SETTINGS else OmegaConf.select(cfg, key)
+        for key in SETTINGS
+    }
+
+
 # --- Sweep reports: one row per job of a multirun directory --------------------------------
 
-SETTINGS = ["variant", "noise_prob", "rho", "beta", "learning_rate", "latent_space"]
-METRICS = ["val/bce", "test/bce", "test/bce_masked", "test/active_fraction", "test/bce_zeroed",
-           "test/probe_accuracy"]  # fmt: skip
-COLUMNS = ["job", "status", *SETTINGS, *METRICS]
+COLUMNS = ["job", "status", *SETTINGS, *FINAL_METRICS]
 
 
 def read_job(job_dir: Path, sweep_dir: Path) -> dict:
     """One job's settings (from `.hydra/`) and final metrics (from `metrics.json`)."""
     config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
     choices = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
-    row = {"job": str(job_dir.relative_to(sweep_dir)) or ".", "variant": choices.get("variant")}
-    row.update({key: OmegaConf.select(config, key) for key in SETTINGS[1:]})
+    row = {"job": str(job_dir.relative_to(sweep_dir)) or ".", **run_settings(config, choices)}
     metrics_file = job_dir / "metrics.json"
     if metrics_file.is_file():
         row.update(json.loads(metrics_file.read_text()), status="done")
