@@ -11,8 +11,8 @@ each in a fresh process, and prints the median of each figure:
 - the whole command (A: validation, test, pictures and checkpoints included);
 - peak resident memory of the process;
 - test/bce, to check that A's result is the same in every repeat.
-Both use torch's fused AdaGrad on the CPU. A bare `import torch, lightning.pytorch, hydra, torchvision` is timed in the same run, as
-the floor of any start-up.
+Both use torch's fused AdaGrad on the CPU. A bare `import torch, lightning.pytorch, hydra,
+torchvision` is timed in the same run, as the floor of any start-up.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trai
     """The data module, model and trainer that `cfg` describes."""
     trainer = instantiate(
         cfg.trainer,
-        logger=instantiate(cfg.logger),
+        logger=[instantiate(logger) for logger in cfg.get("logger", {}).values()] or False,
         callbacks=[instantiate(callback) for callback in cfg.callbacks.values()],
     )
     return instantiate(cfg.data), instantiate(cfg.model), trainer
@@ -111,7 +111,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     release_freed_memory()
     if trainer.is_global_zero:  # one metrics.json per run, however many processes
         report_run(metrics, cfg.paths.output_dir)
+        finish_wandb_run(trainer)
     return metrics
+
+
+def finish_wandb_run(trainer: pl.Trainer) -> None:
+    """Close this run's W&B run: Lightning leaves it open until the process exits, and the
+    next job of a sweep in the same process would log into it."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
 
 
 def exempt_survivors_from_shutdown_gc() -> None:
@@ -124,7 +135,7 @@ def exempt_survivors_from_shutdown_gc() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)["val/bce"]
+    return train(cfg)[cfg.objective]  # what a sweeper (hparams_search=...) minimises
 
 
 if __name__ == "__main__":

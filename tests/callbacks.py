@@ -69,3 +69,15 @@ class SpoilWeightsAtStart(pl.Callback):
         with torch.no_grad():
             for param in pl_module.parameters():
                 param.add_(torch.randn_like(param))
+
+
+class PoisonOneRank(pl.Callback):
+    """Makes the loss of one process NaN from a step on (its weights), the others' finite."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step - 1:
+            with torch.no_grad():
+                pl_module.decoder.bias.fill_(float("nan"))

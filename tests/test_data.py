@@ -176,3 +176,20 @@ def test_fashion_mnist_uses_the_same_split_rules(mnist_dir, tmp_path):
     assert (len(dm.train_images), len(dm.val_images), len(dm.test_images)) == (600, 5000, NUM_TEST)
     assert torch.equal(image_index(dm.val_images), torch.arange(5000))
     assert len(dm.train_labels) == 600 and len(dm.test_labels) == NUM_TEST
+
+
+@pytest.mark.parametrize("noise_prob", [0.0, 1 / 65536, 0.1, 0.3, 0.5, 0.7, 1 - 1e-5, 1 - 1e-6])
+def test_evaluation_masks_drop_noise_prob_of_the_levels_to_within_one_level(noise_prob):
+    every_level = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)  # each once
+    dropped = 1 - fixed_keep(every_level, noise_prob).double().mean().item()
+    assert abs(dropped - noise_prob) <= 1 / 65536, dropped
+
+
+def test_evaluation_masks_follow_eval_noise_prob_when_it_is_set(mnist_dir):
+    dm = datamodule(mnist_dir, noise_prob=0.3, eval_noise_prob=0.6)
+    clean, masked, noise = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())))
+    assert torch.equal(masked, clean * fixed_keep(noise, 0.6))
+    clean, masked = first_train_batch(dm)  # training keeps its own noise_prob
+    assert (1 - (masked > 0).float().sum() / (clean > 0).float().sum()).item() == pytest.approx(
+        0.3, abs=0.05
+    )

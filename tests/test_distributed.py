@@ -51,6 +51,7 @@ def test_batch_size_must_divide_among_the_processes(make_cfg):
         check_distributed(cfg, trainer)
 
 
+@pytest.mark.slow
 def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path):
     common = [f"data.data_dir={mnist_dir}", "trainer=ddp_cpu", "trainer.val_check_interval=10",
               "callbacks.last_checkpoint.every_n_train_steps=10", "variant=denoising"]  # fmt: skip
@@ -88,6 +89,20 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
     assert read_metrics(resumed) == read_metrics(full)
 
 
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(mnist_dir, tmp_path):
+    poison = ["+callbacks.poison._target_=tests.callbacks.PoisonOneRank",
+              "+callbacks.poison.rank=1", "+callbacks.poison.step=3"]  # fmt: skip
+    result = run_script("train.py", f"data.data_dir={mnist_dir}", "trainer=ddp_cpu", *poison,
+                        f"hydra.run.dir={tmp_path}", pythonpath=str(REPO_ROOT))  # fmt: skip
+    # (run_script's timeout would raise if a rank waited for the other in an all-reduce)
+    assert result.returncode != 0
+    message = "train/loss is not finite on one of 2 processes at step 3: training diverged"
+    assert result.stderr.count(message) == 2  # each rank, rank 0's own loss being finite
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
 def test_ddp_keeps_an_explicit_num_threads(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # Lightning would then set 2 / 2 = 1
     result = run_script("train.py", f"data.data_dir={mnist_dir}", "trainer=ddp_cpu",
@@ -98,6 +113,7 @@ def test_ddp_keeps_an_explicit_num_threads(mnist_dir, tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_ddp_that_relaunches_the_script_stops_a_multirun_with_advice(mnist_dir, tmp_path):
     result = run_script("train.py", "-m", "trainer=ddp_cpu", "variant=plain,sparse",
                         f"data.data_dir={mnist_dir}", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
@@ -107,6 +123,7 @@ def test_ddp_that_relaunches_the_script_stops_a_multirun_with_advice(mnist_dir, 
     assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(mnist_dir, tmp_path):
     result = run_script(
         "train.py", "-m", "hydra/launcher=submitit_local", "variant=plain,sparse", "trainer=debug",

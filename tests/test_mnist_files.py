@@ -216,3 +216,28 @@ def test_fashion_mnist_comes_from_debians_package_when_offline(mnist_dir, tmp_pa
 
 def fake_offline(data_dir, dataset="MNIST"):
     raise OSError("no internet")
+
+
+def test_a_corrupted_torchvision_download_is_retried_once(tmp_path, monkeypatch, caplog):
+    """torchvision md5-checks each file and, when every mirror gave a damaged one, raises
+    "Error downloading ... File not found or corrupted.": that is worth a second try."""
+    import torchvision.datasets.mnist as tv_mnist
+
+    source = write_synthetic_mnist(tmp_path / "source")
+    attempts = []
+
+    def download(url, download_root, filename, md5):
+        if filename == "train-images-idx3-ubyte.gz" and url.startswith(tv_mnist.MNIST.mirrors[0]):
+            attempts.append(url)
+        if len(attempts) == 1:  # the whole first attempt is damaged, on every mirror
+            raise RuntimeError("File not found or corrupted.")
+        name = filename.removesuffix(".gz")
+        shutil.copyfile(raw_dir(source) / name, mnist_files.Path(download_root) / name)
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", download)
+    with caplog.at_level(logging.INFO, logger="autoencoders.mnist_files"):
+        ensure_dataset(tmp_path / "data")
+    assert len(attempts) == 2
+    assert "torchvision's download gave damaged files" in caplog.text
+    assert "fetched through torchvision's download" in caplog.text
+    check_files(tmp_path / "data")

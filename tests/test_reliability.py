@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from autoencoders.callbacks import DivergenceError
+from autoencoders import model as model_module
 from autoencoders.config import REPO_ROOT
-from autoencoders.model import ScheduleMismatchError
+from autoencoders.model import DivergenceError, ScheduleMismatchError
 from eval import evaluate
 from train import build, train
 
@@ -27,6 +27,7 @@ def read_metrics(run_dir):
         ["optimizer=muon", "learning_rate=0.02", "scheduler=cooldown"],
     ],
 )
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(
     mnist_dir, tmp_path, optimizer
 ):
@@ -132,23 +133,45 @@ def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(mak
     assert all(moved)  # the added steps trained (the old schedule had ended at rate 0)
 
 
-def test_eval_reproduces_the_training_time_test_metrics(make_cfg, tmp_path):
+def test_eval_reproduces_the_training_time_test_metrics(make_cfg, tmp_path, monkeypatch):
     trained = train(make_cfg("variant=denoising", "threshold=0.2"))
     eval_dir = tmp_path / "eval"
     cfg = compose_config("eval", [
         f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
         f"paths.output_dir={eval_dir}", "thresholds=[0.1,0.2]",
     ])  # fmt: skip
+    fits = []
+    probe = model_module.linear_probe_accuracy
+    monkeypatch.setattr(
+        model_module, "linear_probe_accuracy", lambda *a: fits.append(1) or probe(*a)
+    )
     evaluated = evaluate(cfg)
+    assert len(fits) == 1  # the probe is fit once, not once per threshold
     for name, value in trained.items():
         if name.startswith("test/"):
             assert evaluated[name] == value, name
-    assert evaluated["test/bce_zeroed@0.2"] == trained["test/bce_zeroed"]
-    assert evaluated["test/active_fraction@0.1"] >= evaluated["test/active_fraction@0.2"]
+    # the zeroing curve, from one pass of codes: the test step's numbers at its threshold
+    assert evaluated["test/bce_zeroed_0.2"] == pytest.approx(trained["test/bce_zeroed"], abs=1e-6)
+    assert evaluated["test/active_fraction_0.2"] == pytest.approx(
+        trained["test/active_fraction"], abs=1e-6
+    )
+    assert evaluated["test/active_fraction_0.1"] >= evaluated["test/active_fraction_0.2"]
     assert read_metrics(eval_dir) == pytest.approx(evaluated)
     assert (eval_dir / "reconstructions.png").is_file()
 
 
+def test_eval_takes_the_data_overrides_its_config_lists(make_cfg, tmp_path):
+    trained = train(make_cfg("variant=denoising"))  # noise_prob 0.3
+    ckpt = f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"
+    for override in ("data.noise_prob=0.5", "data.eval_noise_prob=0.5"):
+        out = f"paths.output_dir={tmp_path / override.replace('=', '_')}"
+        evaluated = evaluate(compose_config("eval", [ckpt, out, override]))
+        assert evaluated["test/bce_masked"] == evaluated["test/bce_masked_0.5"], override
+        assert evaluated["test/bce_masked"] != trained["test/bce_masked"], override
+        assert evaluated["test/bce"] == trained["test/bce"], override
+
+
+@pytest.mark.slow
 def test_eval_script_runs_from_the_command_line(make_cfg, tmp_path):
     train(make_cfg())
     out = tmp_path / "eval"
@@ -156,7 +179,7 @@ def test_eval_script_runs_from_the_command_line(make_cfg, tmp_path):
         "eval.py", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}"
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {"test/bce", "test/bce_zeroed@0.05", "test/active_fraction@0.3"} <= set(
+    assert {"test/bce", "test/bce_zeroed_0.05", "test/active_fraction_0.3"} <= set(
         read_metrics(out)
     )
 
@@ -192,3 +215,23 @@ def test_weights_that_are_not_finite_are_never_saved(make_cfg, tmp_path):
     with pytest.raises(RuntimeError, match="non-finite weights"):
         trainer.save_checkpoint(tmp_path / "nan.ckpt")
     assert not (tmp_path / "nan.ckpt").exists()
+
+
+def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from autoencoders.callbacks import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"global_step": 1}, path)
+
+    def killed_while_writing(self, checkpoint, partial, storage_options=None):
+        with open(partial, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as a kill would stop it
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save_checkpoint({"global_step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"global_step": 1}

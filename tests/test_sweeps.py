@@ -4,8 +4,10 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from shutil import rmtree
 
+import pytest
 import yaml
 from matplotlib.image import imread
 
@@ -19,6 +21,7 @@ def job_dirs(sweep_dir):
     return sorted(p.parent.name for p in sweep_dir.glob("*/.hydra"))
 
 
+@pytest.mark.slow
 def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
     mnist_dir, tmp_path, capsys
 ):
@@ -57,6 +60,7 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
     assert imread(tmp_path / "features.png").shape[1] == two_panels // 2
 
 
+@pytest.mark.slow
 def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(mnist_dir, tmp_path):
     result = run_script(
         "train.py", "-m", "experiment=noise_sweep", f"data.data_dir={mnist_dir}", "trainer=debug",
@@ -72,6 +76,7 @@ def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(m
         assert same == (float(row["noise_prob"]) == 0.0), row["job"]
 
 
+@pytest.mark.slow
 def test_two_sweeps_started_at_the_same_time_do_not_collide(mnist_dir, tmp_path):
     command = [
         sys.executable, "src/train.py", "-m", "seed=0", f"paths.root_dir={tmp_path}",
@@ -87,6 +92,7 @@ def test_two_sweeps_started_at_the_same_time_do_not_collide(mnist_dir, tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_sharing_the_cores(mnist_dir, tmp_path):
     result = run_script(
         "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -101,25 +107,72 @@ def test_joblib_runs_jobs_in_parallel_sharing_the_cores(mnist_dir, tmp_path):
         assert f"torch threads: {threads}\n" in (tmp_path / job / "train.log").read_text()
 
 
-def test_optuna_search_runs_its_trials_and_reports_the_best(mnist_dir, tmp_path):
-    result = run_script(
-        "train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-        f"data.data_dir={mnist_dir}", "trainer=debug", f"hydra.sweep.dir={tmp_path}",
-    )  # fmt: skip
+def study_trials(root, name: str) -> list:
+    import optuna
+
+    storage = f"sqlite:///{root / 'outputs' / name}.db"
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "search, objective, params",
+    [
+        ("optimizer", "val/bce", {"optimizer", "learning_rate", "batch_size"}),
+        ("denoising", "val/bce_masked", {"noise_prob", "learning_rate"}),
+    ],
+)
+def test_a_search_minimises_its_objective_and_continues_its_stored_study(
+    mnist_dir, tmp_path, search, objective, params
+):
+    (tmp_path / "outputs").mkdir()
+    command = ["-m", f"hparams_search={search}", f"paths.root_dir={tmp_path}", "trainer=debug",
+               "trainer.max_steps=5", f"data.data_dir={mnist_dir}",
+               "model.linear_probe=false"]  # fmt: skip
+    first = tmp_path / "first"
+    result = run_script("train.py", *command, "hydra.sweeper.n_trials=2",
+                        f"hydra.sweep.dir={first}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(job_dirs(tmp_path)) == 3
-    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) == {
-        "learning_rate",
-        "latent_space",
-        "noise_prob",
-        "rho",
-        "beta",
-    }
-    assert report_main([str(tmp_path)]) == 0
-    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
-    assert [r["status"] for r in rows] == ["done"] * 3
-    assert min(float(r["val/bce"]) for r in rows) == best["best_value"]
+    best = yaml.safe_load((first / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == params
+    assert report_main([str(first)]) == 0
+    rows = list(csv.DictReader((first / "report.csv").open()))
+    assert min(float(r[objective]) for r in rows) == best["best_value"]  # what it minimised
+    # the same command again: the stored study goes on (2 + 1 trials), outside the sweep dir
+    again = run_script("train.py", *command, "hydra.sweeper.n_trials=1",
+                       f"hydra.sweep.dir={tmp_path / 'again'}")  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = study_trials(tmp_path, search)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3  # three settings tried
+
+
+@pytest.mark.slow
+def test_a_search_killed_midway_continues_where_it_stopped(mnist_dir, tmp_path):
+    (tmp_path / "outputs").mkdir()
+    command = [sys.executable, "src/train.py", "-m", "hparams_search=optimizer",
+               f"paths.root_dir={tmp_path}", "trainer=debug", "trainer.max_steps=5",
+               f"data.data_dir={mnist_dir}", "model.linear_probe=false"]  # fmt: skip
+    killed = subprocess.Popen([*command, "hydra.sweeper.n_trials=50"], cwd=REPO_ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline:  # until two trials are done
+        time.sleep(1)
+        try:
+            trials = study_trials(tmp_path, "optimizer")
+        except KeyError:  # the study is not created yet
+            continue
+        if sum(t.state.name == "COMPLETE" for t in trials) >= 2:
+            break
+    killed.kill()  # SIGKILL: as a crash or a cluster's time limit would
+    killed.wait()
+    done = sum(t.state.name == "COMPLETE" for t in study_trials(tmp_path, "optimizer"))
+    assert 2 <= done < 50
+    result = subprocess.run([*command, "hydra.sweeper.n_trials=2"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    states = [t.state.name for t in study_trials(tmp_path, "optimizer")]
+    assert states.count("COMPLETE") == done + 2  # the counts add up
 
 
 def test_the_launcher_process_does_not_import_torch():

@@ -1,5 +1,5 @@
-"""Training callbacks: the divergence guard, the final-step validation, and Lightning's
-ModelCheckpoint for best.ckpt and last.ckpt where its stock behaviour falls short."""
+"""Checkpoints: Lightning's ModelCheckpoint for best.ckpt and last.ckpt, where its stock
+behaviour falls short of what a resumed run needs, and an atomic checkpoint writer."""
 
 from __future__ import annotations
 
@@ -9,40 +9,22 @@ import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
 
-class DivergenceError(RuntimeError):
-    """The training loss became NaN or infinite."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, atomic on any local disk: written next to its target,
+    then renamed over it, so a run killed while saving keeps its previous checkpoint whole.
+    (Lightning's own stages the file in the system temp dir and moves it: a rename when
+    that is on the same file system, but a copy, cut short by a kill, when it is not.)"""
 
-
-class StopOnNonFiniteLoss(pl.Callback):
-    """Stop at the first step with a NaN or infinite loss, naming it, before any checkpoint of
-    it is written (Lightning runs the ModelCheckpoint callbacks after all others)."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"]
-        if not torch.isfinite(loss):
-            optimizer = pl_module.hparams.optimizer
-            raise DivergenceError(
-                f"train/loss is {loss.item()} at step {trainer.global_step}: training diverged. "
-                f"Likely cause: learning_rate={optimizer.get('lr')} is too high for "
-                f"{optimizer.get('_target_')}. Lower it; the last checkpoint written before "
-                "this step is kept."
-            )
-
-
-class ValidateLastStep(pl.Callback):
-    """Validate at `max_steps` too, not only at multiples of `val_check_interval`: asking the
-    Trainer to stop at its last step makes its own loop run validation there, so best.ckpt
-    and the final val/bce see the weights that training ends with."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if 0 < trainer.max_steps <= trainer.global_step:
-            trainer.should_stop = True
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        partial = f"{path}.partial"
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
 
 
 class BestCheckpoint(ModelCheckpoint):

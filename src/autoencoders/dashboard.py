@@ -1,9 +1,12 @@
-"""What TensorBoard shows beyond scalars, and the same pictures as PNG files.
+"""What the trackers show beyond scalars, and the same pictures as PNG files.
 
 At every validation and at the end of testing: a grid of fixed digits (clean / masked /
-reconstructed / reconstructed from zeroed hidden units), the learned features (each encoder
-unit's 784 weights as a 28x28 tile), histograms of hidden activations and weights. At the
-start of fitting: the run's hyperparameters for the HParams tab, tied to its final metrics.
+reconstructed / reconstructed from zeroed hidden units) and the learned features (each encoder
+unit's 784 weights as a 28x28 tile), for every tracker that takes images; in TensorBoard also
+histograms of hidden activations and weights. At the start of fitting: the run's settings, for
+every tracker (TensorBoard's HParams tab ties them to the final metrics). At the end of
+testing, in TensorBoard's Projector: the codes of the first test digits, with their labels,
+each drawn as its digit.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from torch.utils.tensorboard.summary import hparams
 from torchvision.utils import make_grid, save_image
 
@@ -45,24 +49,46 @@ def feature_grid(model, pixel_std: torch.Tensor) -> torch.Tensor:
 
 
 def tensorboard_writers(trainer: pl.Trainer) -> list:
-    return [lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "add_image")]
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def log_image(trainer: pl.Trainer, tag: str, grid: torch.Tensor, step: int) -> None:
+    """A [3, H, W] picture to every tracker that takes images (not CSV)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, grid, step)
+        elif isinstance(logger, MLFlowLogger):
+            picture = grid.permute(1, 2, 0).numpy()  # [H, W, 3]
+            logger.experiment.log_image(logger.run_id, picture, f"{tag}/step_{step:06d}.png")
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(tag, [grid], step=step)
 
 
 class Dashboard(pl.Callback):
-    """Pictures, histograms and HParams of a run (see the module docstring)."""
+    """Pictures, histograms, settings and the code space of a run (see the module docstring).
+    `projector_digits`: how many test digits the Projector shows (0: none)."""
 
-    def __init__(self, dirpath: str, num_images: int = 10, hparams: dict | None = None):
+    def __init__(
+        self,
+        dirpath: str,
+        num_images: int = 10,
+        hparams: dict | None = None,
+        projector_digits: int = 2000,
+    ):
         self.dirpath = Path(dirpath)
         self.num_images = num_images
         self.hparams = dict(hparams or {})
+        self.projector_digits = projector_digits
         self.pixel_std = None  # [784], of the validation images: computed on the first draw
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.hparams or not trainer.is_global_zero:
             return
-        # Declares the metric tags; their values are the scalars logged under the same tags.
-        # (SummaryWriter.add_hparams would write them into a separate run, and
-        # TensorBoardLogger.log_hyperparams would add a fake point at step 0.)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.hparams)
+        # TensorBoard's HParams tab: declares the metric tags, whose values are the scalars
+        # logged under the same tags. (SummaryWriter.add_hparams would write them into a
+        # separate run, and log_hyperparams with metrics would add a fake point at step 0.)
         summaries = hparams(self.hparams, dict.fromkeys(FINAL_METRICS, 0.0))
         for writer in tensorboard_writers(trainer):
             for summary in summaries:
@@ -80,6 +106,7 @@ class Dashboard(pl.Callback):
             self.dirpath.mkdir(parents=True, exist_ok=True)
             save_image(grids["reconstructions"], self.dirpath / "reconstructions.png")
             save_image(grids["features"], self.dirpath / "features.png")
+            self.project_codes(trainer, pl_module)
 
     @torch.no_grad()
     def draw(self, trainer, pl_module, split: str, images) -> dict[str, torch.Tensor]:
@@ -96,10 +123,26 @@ class Dashboard(pl.Callback):
             "features": feature_grid(pl_module, self.pixel_std),
         }
         step = trainer.global_step
-        for writer in tensorboard_writers(trainer):
+        if trainer.is_global_zero:
             for name, grid in grids.items():
-                writer.add_image(f"{split}/{name}", grid, step)
+                log_image(trainer, f"{split}/{name}", grid, step)
+        for writer in tensorboard_writers(trainer):
             writer.add_histogram(f"{split}/hidden_activations", pl_module.encode(clean), step)
             for name, param in pl_module.named_parameters():
                 writer.add_histogram(f"weights/{name}", param, step)
         return grids
+
+    def project_codes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The codes of the first `projector_digits` test digits in TensorBoard's Projector
+        (PCA, t-SNE, UMAP in the browser), labelled and drawn as their digits."""
+        writers = tensorboard_writers(trainer)
+        if not self.projector_digits or not writers:
+            return
+        images = trainer.datamodule.test_images[: self.projector_digits]
+        labels = trainer.datamodule.test_labels[: self.projector_digits]
+        with torch.inference_mode(False):
+            codes = pl_module.codes(images)  # [n, H]
+        digits = images.view(-1, 1, 28, 28).float() / 255  # the sprite's thumbnails
+        for writer in writers:
+            writer.add_embedding(codes, metadata=labels.tolist(), label_img=digits,
+                                 global_step=trainer.global_step, tag="test/codes")  # fmt: skip

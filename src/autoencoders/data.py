@@ -115,8 +115,8 @@ class MNISTDataModule(pl.LightningDataModule):
 
     Batches leave the loaders as uint8 and become float tensors in [0, 1], shape [B, 784], in
     `on_after_batch_transfer`, on the batch's device: training `(clean, masked)` with a fresh
-    mask per batch; evaluation `(clean, masked, noise)` with the fixed mask at `noise_prob`
-    and the fixed levels for masks at any other noise level.
+    mask per batch; evaluation `(clean, masked, noise)` with the fixed mask at
+    `eval_noise_prob` (None: `noise_prob`) and the fixed levels for masks at any other level.
     """
 
     def __init__(
@@ -128,6 +128,7 @@ class MNISTDataModule(pl.LightningDataModule):
         num_val: int = 5000,
         eval_batch_size: int = 1000,
         eval_mask_seed: int = 2024,
+        eval_noise_prob: float | None = None,
         dataset: str = "MNIST",
     ):
         super().__init__()
@@ -136,6 +137,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.noise_prob, self.seed = batch_size, noise_prob, seed
         self.num_val, self.eval_batch_size = num_val, eval_batch_size
         self.eval_mask_seed = eval_mask_seed
+        self.eval_noise_prob = noise_prob if eval_noise_prob is None else eval_noise_prob
         self.dataset = dataset  # a torchvision dataset class in the MNIST format
         self.train_images = self.val_images = self.test_images = None
         self.train_labels = self.test_labels = None
@@ -208,13 +210,20 @@ class MNISTDataModule(pl.LightningDataModule):
         generator.manual_seed(derive_seed(self.seed, "mask", batch, *([rank] if world > 1 else [])))
         return keep_mask(shape, self.noise_prob, generator)
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Training batches are gathered on the training device already: nothing to move."""
+        if batch[0].device == device:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         """uint8 images -> floats in [0, 1]: training (clean, masked), evaluation (clean,
         masked, noise), each [b, 784]."""
         images, extra = batch
         clean = images.float().div_(255)
         if isinstance(extra, torch.Tensor):  # evaluation: the fixed noise levels
-            masked = clean * fixed_keep(extra, self.noise_prob) if self.noise_prob else clean
+            keep = fixed_keep(extra, self.eval_noise_prob) if self.eval_noise_prob else None
+            masked = clean if keep is None else clean * keep
             return clean, masked, extra
         if self.noise_prob == 0:  # training batch number `extra`
             return clean, clean

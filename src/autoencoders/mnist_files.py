@@ -181,10 +181,17 @@ def copy_from_debian(data_dir: str | Path) -> None:
 
 
 def download_with_torchvision(data_dir: str | Path, dataset: str = "MNIST") -> None:
+    """torchvision's download, md5-checked by torchvision: a corrupted file is a DataFileError
+    (retried), an unreachable server is not."""
     import torchvision.datasets
 
     for train in (True, False):
-        getattr(torchvision.datasets, dataset)(str(data_dir), train=train, download=True)
+        try:
+            getattr(torchvision.datasets, dataset)(str(data_dir), train=train, download=True)
+        except RuntimeError as err:
+            if "corrupted" in str(err):  # torchvision: "File not found or corrupted."
+                raise DataFileError(f"a download failed its md5 check: {err}") from err
+            raise
 
 
 def ensure_dataset(data_dir: str | Path, dataset: str = "MNIST") -> None:

@@ -6,6 +6,7 @@ The variants differ only in settings: the data's `noise_prob` (denoising) and `b
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import lightning.pytorch as pl
@@ -16,6 +17,10 @@ from torch import nn
 from autoencoders.losses import kl_sparsity, reconstruction_bce
 from autoencoders.masks import fixed_keep
 from autoencoders.probe import linear_probe_accuracy
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
 
 
 class ScheduleMismatchError(ValueError):
@@ -85,10 +90,38 @@ class Autoencoder(pl.LightningModule):
         if self.hparams.compile == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # this step's graph replay starts
         out = self.train_loss(clean, masked)
-        # Only on the steps Lightning sends to the loggers: self.log costs ~0.1 ms a call.
+        self.stop_if_not_finite(out["loss"])
+        # Only on the steps that Lightning sends to the loggers (self.log costs time per call);
+        # under DDP, the mean over all processes.
         if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.log_dict(self.train_metrics(out))
+            self.log_dict(self.train_metrics(out), sync_dist=True)
         return out["loss"]
+
+    def stop_if_not_finite(self, loss: torch.Tensor) -> None:
+        """Stop at a NaN or infinite loss, naming its step, before the optimizer applies it
+        (so no checkpoint of it can be written). Under DDP every process stops at the same
+        step when any one's loss is not finite: none is left waiting in the next all-reduce."""
+        value = loss.item()  # on a GPU: waits for the step's kernels (the price of the check)
+        diverged = not math.isfinite(value)
+        world = self.trainer.world_size
+        if world > 1:
+            diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if diverged:
+            optimizer = self.hparams.optimizer
+            what = f"is {value}" if world == 1 else f"is not finite on one of {world} processes"
+            raise DivergenceError(
+                f"train/loss {what} at step {self.global_step + 1}: training diverged. "
+                f"Likely cause: learning_rate={optimizer.get('lr')} is too high for "
+                f"{optimizer.get('_target_')}. Lower it; the last checkpoint written before "
+                "this step is kept."
+            )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Stop at max_steps through `should_stop`: Lightning's loop then validates this last
+        step too (it validates at multiples of val_check_interval otherwise), so best.ckpt and
+        the final val/bce see the weights that training ends with."""
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True
 
     @torch.no_grad()
     def train_metrics(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,9 +141,11 @@ class Autoencoder(pl.LightningModule):
             self.replan_schedules(self.resumed_step)
 
     def validation_step(self, batch, batch_idx):
-        clean = batch[0]
+        clean, masked, _ = batch
         bce = reconstruction_bce(self.decode(self.encode(clean)), clean)
         self.log("val/bce", bce, batch_size=len(clean), prog_bar=True, sync_dist=True)
+        bce_masked = reconstruction_bce(self.decode(self.encode(masked)), clean)
+        self.log("val/bce_masked", bce_masked, batch_size=len(clean), sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         clean, masked, noise = batch
@@ -125,7 +160,7 @@ class Autoencoder(pl.LightningModule):
         for level in self.hparams.robustness_levels:  # the robustness curve: fixed masks
             masked_at = clean * fixed_keep(noise, level)
             bce = reconstruction_bce(self.decode(self.encode(masked_at)), clean)
-            metrics[f"test/bce_masked@{level}"] = bce
+            metrics[f"test/bce_masked_{level}"] = bce
         self.log_dict(metrics, batch_size=len(clean), sync_dist=True)  # mean over all ranks
 
     def on_test_epoch_end(self) -> None:

@@ -36,8 +36,8 @@ def format_table(metrics: dict[str, float]) -> str:
 GROUP_SETTINGS = ("variant", "optimizer")  # config group choices
 SETTINGS = (*GROUP_SETTINGS, "noise_prob", "rho", "beta", "learning_rate", "latent_space",
             "batch_size", "seed")  # fmt: skip
-FINAL_METRICS = ("val/bce", "test/bce", "test/bce_masked", "test/active_fraction",
-                 "test/bce_zeroed", "test/probe_accuracy")  # fmt: skip
+FINAL_METRICS = ("val/bce", "val/bce_masked", "test/bce", "test/bce_masked",
+                 "test/active_fraction", "test/bce_zeroed", "test/probe_accuracy")  # fmt: skip
 
 
 def run_settings(cfg, choices) -> dict:
@@ -132,9 +132,9 @@ def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
 
 
 def robustness_curve(row: dict) -> list[tuple[float, float]]:
-    """(test noise, BCE) points of a job's `test/bce_masked@<noise>` metrics, noise 0 being
+    """(test noise, BCE) points of a job's `test/bce_masked_<noise>` metrics, noise 0 being
     the clean input (`test/bce`); empty for a job without them."""
-    prefix = "test/bce_masked@"
+    prefix = "test/bce_masked_"
     points = sorted((float(k[len(prefix) :]), v) for k, v in row.items() if k.startswith(prefix))
     return [(0.0, row["test/bce"]), *points] if points else []
 

@@ -1,0 +1,103 @@
+"""Every tracker (logger=...) gets the same scalars, the run's settings and its final metrics,
+read back with the tracker's own reader; and the code space in TensorBoard's Projector."""
+
+import csv
+import importlib.util
+
+import pytest
+import yaml
+
+from autoencoders.reporting import SETTINGS
+from train import train
+
+
+def needs(package: str):
+    return pytest.mark.skipif(
+        importlib.util.find_spec(package) is None,
+        reason=f"needs {package}: pip install -e '.[trackers]' (make test installs it)",
+    )
+
+
+def test_csv_gets_the_scalars_settings_and_final_metrics(make_cfg, tmp_path):
+    metrics = train(make_cfg("logger=csv", "variant=denoising"))
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    logged = {name for row in rows for name, value in row.items() if value}
+    assert {"train/loss", "train/bce", "val/bce", "val/bce_masked", "test/bce"} <= logged
+    (test_row,) = [row for row in rows if row["test/bce"]]
+    assert float(test_row["test/bce"]) == pytest.approx(metrics["test/bce"])
+    settings = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
+    assert set(settings) == set(SETTINGS) and settings["variant"] == "denoising"
+
+
+@needs("mlflow")
+def test_mlflow_gets_the_scalars_settings_final_metrics_and_pictures(make_cfg, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "outputs").mkdir()
+    metrics = train(make_cfg("logger=mlflow", f"paths.root_dir={tmp_path}"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "autoencoders"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics["test/bce"] == pytest.approx(metrics["test/bce"])
+    assert run.data.metrics["test/bce_masked_0.5"] == pytest.approx(metrics["test/bce_masked_0.5"])
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2
+    assert set(SETTINGS) <= set(run.data.params) and run.data.params["variant"] == "plain"
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "test/reconstructions")]
+    assert pictures and pictures[0].endswith(".png")
+
+
+@needs("wandb")
+def test_wandb_offline_gets_the_settings_final_metrics_and_pictures(
+    make_cfg, tmp_path, monkeypatch
+):
+    """An offline run is kept in a binary file that only `wandb sync` reads: the values are
+    read from the run object, through W&B's client, before train() closes it."""
+    import train as train_module
+
+    seen = {}
+    finish = train_module.finish_wandb_run
+
+    def read_then_finish(trainer):
+        (run,) = [logger.experiment for logger in trainer.loggers]
+        seen.update(summary=dict(run.summary), config=dict(run.config), mode=run.settings.mode)
+        finish(trainer)
+
+    monkeypatch.setattr(train_module, "finish_wandb_run", read_then_finish)
+    metrics = train(make_cfg("logger=wandb"))
+    assert seen["mode"] in ("offline", "dryrun")  # W&B calls offline mode "dryrun"
+    assert seen["summary"]["test/bce"] == pytest.approx(metrics["test/bce"])
+    assert {"train/loss", "val/bce", "val/bce_masked"} <= set(seen["summary"])
+    assert set(SETTINGS) <= set(seen["config"]) and seen["config"]["variant"] == "plain"
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert list((run_dir / "files" / "media" / "images" / "test").glob("reconstructions_*.png"))
+
+
+def test_many_loggers_at_once_and_none_at_all(make_cfg, tmp_path):
+    train(make_cfg("logger=[tensorboard,csv]", f"paths.output_dir={tmp_path / 'two'}"))
+    assert (tmp_path / "two" / "csv" / "metrics.csv").is_file()
+    assert list((tmp_path / "two" / "tensorboard").rglob("events.out.tfevents.*"))
+    metrics = train(make_cfg("~logger", f"paths.output_dir={tmp_path / 'none'}"))
+    assert metrics["test/bce"] > 0 and not (tmp_path / "none" / "tensorboard").exists()
+
+
+def test_tensorboard_projector_holds_the_codes_labels_and_digits(make_cfg, tmp_path):
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import projector_config_pb2
+
+    train(make_cfg("latent_space=16", "callbacks.dashboard.projector_digits=100"))
+    (config_file,) = (tmp_path / "tensorboard").rglob("projector_config.pbtxt")
+    config = text_format.Parse(config_file.read_text(), projector_config_pb2.ProjectorConfig())
+    (embedding,) = config.embeddings
+    folder = config_file.parent
+    codes = (folder / embedding.tensor_path).read_text().splitlines()
+    assert len(codes) == 100 and all(len(line.split("\t")) == 16 for line in codes)
+    labels = (folder / embedding.metadata_path).read_text().splitlines()
+    assert len(labels) == 100 and set(labels) <= set("0123456789")
+    assert (folder / embedding.sprite.image_path).is_file()
+    assert list(embedding.sprite.single_image_dim) == [28, 28]
+
+
+def test_the_projector_can_be_turned_off(make_cfg, tmp_path):
+    train(make_cfg("callbacks.dashboard.projector_digits=0"))
+    assert not list((tmp_path / "tensorboard").rglob("projector_config.pbtxt"))
