@@ -1,26 +1,32 @@
 # Two commands for a fresh machine: `make train` and `make test`.
-# Each creates the virtual environment on first use (plain pip + venv: see README).
+# Each creates the virtual environment on first use (plain pip + venv), with the exact versions
+# in constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: train test lint clean-venv
+.PHONY: train test lint constraints clean-venv
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,sweeps]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sweeps,trackers]'
 	touch $@
 
 train: $(VENV)/.installed  ## the chapter's plain autoencoder on MNIST (extra Hydra overrides: ARGS="...")
 	$(PY) src/train.py $(ARGS)
 
-test: $(VENV)/.installed  ## the test suite (offline, synthetic data)
+test: $(VENV)/.installed  ## the test suite (offline, synthetic data; ARGS='-m "not slow"' for a quick check)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+constraints: $(VENV)/.installed  ## record the installed versions in constraints.txt
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt
 
 clean-venv:
 	rm -rf $(VENV)
