@@ -1,9 +1,10 @@
-"""Speed benchmark: the project's training (A) against a minimal hand-written loop (B).
+"""Speed benchmark: the project's training (A) against a minimal hand-written loop (B) and,
+given a Python with TensorFlow, the chapter's TF1 code (C, benchmarks/tf1_chapter.py).
 
-    python benchmarks/speed.py --data-dir ../shared/data            # 10,000 steps, 3 variants
-    python benchmarks/speed.py --data-dir ../shared/data --steps 3000 --repeats 3
+    python benchmarks/speed.py --data-dir data                      # 10,000 steps, 3 variants
+    python benchmarks/speed.py --data-dir data --steps 5000 --tf1-python /tmp/tf/bin/python
 
-For each variant it runs A and B alternately (A B A B ...) so that machine noise cancels,
+For each variant it runs A, B (and C) in turn, repeatedly, so that machine noise cancels,
 each in a fresh process, and prints the median of each figure:
 - ms/step from the first to the last training step (A without its validation time), and
   A/B both of the medians and of each A B pair run one after the other;
@@ -74,8 +75,10 @@ def minimal_loop_result(stdout: str) -> tuple[dict, float]:
     return t, 1000 * (t["last_step"] - t["first_step"]) / t["steps"]
 
 
-def run_minimal(variant: str, args) -> dict:
-    start, wall, rss, stdout = run(minimal_loop_command(args.data_dir, variant, args.steps))
+def run_minimal(variant: str, args, python: str = sys.executable, script="minimal_loop") -> dict:
+    command = minimal_loop_command(args.data_dir, variant, args.steps)
+    command[:2] = [python, f"benchmarks/{script}.py"]
+    start, wall, rss, stdout = run(command)
     t, ms_per_step = minimal_loop_result(stdout)
     return {"ms_per_step": ms_per_step, "startup_s": t["first_step"] - start,
             "command_s": wall, "rss_mib": rss, "test_bce": t["test_bce"]}  # fmt: skip
@@ -91,6 +94,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["plain", "sparse", "denoising"])
+    parser.add_argument("--tf1-python", help="a Python with TensorFlow: also time C, the TF1 code")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for A")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -101,7 +105,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
-            a_runs, b_runs = [], []
+            a_runs, b_runs, c_runs = [], [], []
             for repeat in range(args.repeats):
                 _, wall, _, _ = run([sys.executable, "-c", BARE_IMPORT])
                 imports.append(wall)
@@ -109,11 +113,13 @@ def main() -> None:
                     run_project(variant, args, Path(tmp), f"{variant}-{repeat}", args.overrides)
                 )
                 b_runs.append(run_minimal(variant, args))
+                if args.tf1_python:
+                    c_runs.append(run_minimal(variant, args, args.tf1_python, "tf1_chapter"))
             bces = {round(r["test_bce"], 6) for r in a_runs}
-            rows.append((variant, a_runs, b_runs, bces))
-            a_ms = [round(r["ms_per_step"], 3) for r in a_runs]
-            b_ms = [round(r["ms_per_step"], 3) for r in b_runs]
-            print(f"  {variant}: A {a_ms} ms/step, B {b_ms} ms/step", flush=True)
+            rows.append((variant, a_runs, b_runs, c_runs, bces))
+            for name, runs in (("A", a_runs), ("B", b_runs), ("C", c_runs)):
+                ms = [round(r["ms_per_step"], 3) for r in runs]
+                print(f"  {variant}: {name} {ms} ms/step", flush=True)
 
     import_s = statistics.median(imports)
     print(
@@ -121,9 +127,12 @@ def main() -> None:
     )
     header = ("variant", "A ms/step", "B ms/step", "A/B", "A/B of each pair", "A start-up s",
               "start-up - import s", "B start-up s", "A command s", "A peak MiB", "B peak MiB",
-              "A/B memory", "A test/bce (all repeats)")  # fmt: skip
+              "A/B memory", "C ms/step", "C/B", "C test/bce",
+              "A test/bce (all repeats)")  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for variant, a, b, bces in rows:
+    for variant, a, b, c, bces in rows:
+        c_ms = median(c, "ms_per_step") if c else float("nan")
+        c_bce = median(c, "test_bce") if c else float("nan")
         pairs = zip(a, b, strict=True)
         pair_ratios = ", ".join(f"{x['ms_per_step'] / y['ms_per_step']:.2f}" for x, y in pairs)
         cells = (
@@ -132,7 +141,8 @@ def main() -> None:
             f"{median(a, 'startup_s'):.2f}", f"{median(a, 'startup_s') - import_s:+.2f}",
             f"{median(b, 'startup_s'):.2f}", f"{median(a, 'command_s'):.1f}",
             f"{median(a, 'rss_mib'):.0f}", f"{median(b, 'rss_mib'):.0f}",
-            f"{median(a, 'rss_mib') / median(b, 'rss_mib'):.2f}",
+            f"{median(a, 'rss_mib') / median(b, 'rss_mib'):.2f}", f"{c_ms:.3f}",
+            f"{c_ms / median(b, 'ms_per_step'):.2f}", f"{c_bce:.4f}",
             ", ".join(f"{x:.6f}" for x in sorted(bces)),
         )  # fmt: skip
         print("| " + " | ".join(cells) + " |")
