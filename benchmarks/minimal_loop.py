@@ -5,7 +5,7 @@ Same model (784 -> 128 sigmoid -> 784, truncated-normal init), same loss, TF1-st
 batch 64, batches drawn from an in-memory uint8 tensor, masks for denoising, KL for sparse.
 Prints one JSON line: start-up and training timings, and test BCE.
 
-    python benchmarks/minimal_loop.py --data-dir ../shared/data --variant plain --steps 10000
+    python benchmarks/minimal_loop.py --data-dir data --variant plain --steps 10000
 """
 
 import time

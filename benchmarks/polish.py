@@ -1,6 +1,6 @@
 """Is a run's end point a minimum of its training loss? Full-batch L-BFGS, started there.
 
-    python benchmarks/polish.py outputs/<run>/checkpoints/last.ckpt --data-dir ../shared/data
+    python benchmarks/polish.py outputs/<run>/checkpoints/last.ckpt --data-dir data
 
 Prints the gradient norm of the training BCE (clean input, the plain reconstruction loss) over
 all 55,000 training images, then the training and test BCE before and after each round of

@@ -1,8 +1,8 @@
 """Parallel sweeps: the same 6-job sweep one job after another, then with the joblib launcher.
 
-    python benchmarks/sweep_speed.py --data-dir ../shared/data [--steps 10000]
+    python benchmarks/sweep_speed.py --data-dir data [--steps 10000]
 
-Prints both wall times and their ratio (target: joblib <= 0.6x sequential on 2 cores), and,
+Prints both wall times and their ratio, and,
 measured in the same run, what the machine allows: the minimal loop (minimal_loop.py) on all
 cores, on one thread, and on one thread twice side by side. A sweep whose jobs are all
 training steps cannot beat (side-by-side ms/step) / (2 x all-cores ms/step).

@@ -1,6 +1,6 @@
 """The linear probe's baseline: the same classifier on raw pixels.
 
-python src/probe.py --data-dir ../shared/data [--dataset FashionMNIST]
+python src/pixel_probe.py --data-dir data [--dataset FashionMNIST]
 """
 
 from __future__ import annotations

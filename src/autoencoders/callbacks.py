@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -30,8 +31,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class BestCheckpoint(ModelCheckpoint):
     """`best.ckpt`: the lowest val/bce of the whole run, across resumes.
 
-    A resumed run writes to a new directory, where the stock ModelCheckpoint forgets the
-    best score of the run it resumed; this one carries the score and its file over.
+    A resumed run writes to a new directory, where the stock ModelCheckpoint forgets the best
+    score of the run it resumed; this one carries the score and its file over. The score is
+    read from best.ckpt itself: a last.ckpt written just before a validation holds the score
+    before it.
     """
 
     def __init__(self, dirpath: str, monitor: str = "val/bce"):
@@ -39,18 +42,20 @@ class BestCheckpoint(ModelCheckpoint):
         self.carried_from: str | None = None
 
     def load_state_dict(self, state_dict: dict) -> None:
-        previous, score = state_dict.get("best_model_path"), state_dict.get("best_model_score")
-        moved = Path(state_dict.get("dirpath") or "") != Path(self.dirpath)
-        if moved and previous and score is not None:
-            if not os.path.isfile(previous):
+        previous = state_dict.get("best_model_path")
+        if not previous or not os.path.isfile(previous):
+            if previous:
                 log.warning("best.ckpt of the resumed run is gone (%s): best.ckpt holds the "
                             "best since the resume", previous)  # fmt: skip
-                return
+            return
+        saved = torch.load(previous, map_location="cpu", weights_only=True)["callbacks"]
+        score = saved.get(self.state_key, state_dict)["best_model_score"]
+        here = os.path.join(self.dirpath, "best.ckpt")
+        if Path(previous) != Path(here):
             self.carried_from = previous
-            here = os.path.join(self.dirpath, "best.ckpt")
-            state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_path": here,
-                          "kth_best_model_path": here, "kth_value": score,
-                          "best_k_models": {here: score}, "last_model_path": ""}  # fmt: skip
+        state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_path": here,
+                      "best_model_score": score, "kth_best_model_path": here, "kth_value": score,
+                      "best_k_models": {here: score}, "last_model_path": ""}  # fmt: skip
         super().load_state_dict(state_dict)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -72,6 +77,10 @@ class LastCheckpoint(ModelCheckpoint):
         )
         self.every = every_n_train_steps
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        if Path(state_dict.get("dirpath") or "") == Path(self.dirpath):  # else: nothing to keep
+            super().load_state_dict(state_dict)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step % self.every:
+        if trainer.global_step % self.every:  # else: saved at this step already
             trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
