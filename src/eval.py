@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import autoencoders.config  # noqa: F401 - registers the config resolvers
+from autoencoders.config import check_settings
 from autoencoders.dashboard import Dashboard
 from autoencoders.data import MNISTDataModule
 from autoencoders.losses import reconstruction_bce
@@ -37,6 +37,7 @@ def zeroing_curve(model: Autoencoder, images: torch.Tensor, thresholds) -> dict[
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint's weights on the checkpoint's data settings (any `data.*` given
     overrides them); returns the metrics."""
+    check_settings(cfg)
     ckpt = cfg.ckpt_path
     model = Autoencoder.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     data_overrides = {key: value for key, value in cfg.data.items() if value is not None}

@@ -101,23 +101,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("torch threads: %d", torch.get_num_threads())
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
-    check_distributed(cfg, trainer)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if "val/bce" not in trainer.callback_metrics:  # resumed at max_steps: nothing was trained
-        trainer.validate(model, datamodule=datamodule, verbose=False)
-    metrics = select(trainer.callback_metrics, "val/")
-    (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics.update(select(test_metrics, "test/"))
-    release_freed_memory()
-    if trainer.is_global_zero:  # one metrics.json per run, however many processes
-        report_run(metrics, cfg.paths.output_dir)
-        finish_wandb_run(trainer)
+    try:
+        check_distributed(cfg, trainer)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if "val/bce" not in trainer.callback_metrics:  # resumed at max_steps: nothing trained
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+        metrics = select(trainer.callback_metrics, "val/")
+        (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics.update(select(test_metrics, "test/"))
+        release_freed_memory()
+        if trainer.is_global_zero:  # one metrics.json per run, however many processes
+            report_run(metrics, cfg.paths.output_dir)
+    finally:
+        finish_wandb_run(trainer)  # a failed job's too, so the next job gets a run of its own
     return metrics
 
 
 def finish_wandb_run(trainer: pl.Trainer) -> None:
     """Close this run's W&B run: Lightning leaves it open until the process exits, and the
-    next job of a sweep in the same process would log into it."""
+    next job of a sweep in the same process would log into it. (A no-op on ranks > 0.)"""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:

@@ -63,12 +63,16 @@ class RecordSteps(pl.Callback):
 
 
 class SpoilWeightsAtStart(pl.Callback):
-    """Adds large noise to the weights when training starts: a (resumed) run that gets worse."""
+    """Adds noise to the weights when training starts: a (resumed) run that gets worse."""
+
+    def __init__(self, std: float = 1.0):
+        self.std = std
 
     def on_train_start(self, trainer, pl_module) -> None:
+        generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for param in pl_module.parameters():
-                param.add_(torch.randn_like(param))
+                param.add_(torch.randn(param.shape, generator=generator) * self.std)
 
 
 class PoisonOneRank(pl.Callback):

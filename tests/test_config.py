@@ -124,6 +124,14 @@ def test_fused_cpu_optimizers_only_where_training_runs_on_the_cpu(
         ),
         ("model.init_std=0", "model.init_std=0 is out of range: it must be > 0"),
         (
+            "data.eval_noise_prob=1.5",
+            "data.eval_noise_prob=1.5 is out of range: it must be [0, 1)",
+        ),
+        (
+            "model.robustness_levels=[0.1,-0.5]",
+            "model.robustness_levels holds -0.5, which is out of range: it must be [0, 1)",
+        ),
+        (
             "model.compile=fast",
             "model.compile='fast' is out of range: it must be null or one of default, "
             "reduce-overhead, max-autotune, max-autotune-no-cudagraphs",

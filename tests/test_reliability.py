@@ -1,5 +1,6 @@
 """Nothing lost: checkpoints, exact resume, evaluation from a checkpoint, determinism, NaN."""
 
+import csv
 import json
 import math
 
@@ -107,6 +108,43 @@ def test_best_checkpoint_is_the_best_of_the_whole_run_across_a_resume(make_cfg, 
     assert list(after) == [30] and after[30] > before[1]  # the resumed part did worse ...
     assert best_checkpoint(tmp_path) == before  # ... so best.ckpt is still step 20's
     assert best_checkpoint(tmp_path / "first") == before  # and the first run's is untouched
+
+
+def test_best_checkpoint_keeps_its_score_when_last_was_written_before_the_validation(
+    make_cfg, tmp_path
+):
+    """last.ckpt at step 20 is written as the batch ends, before step 20's validation lowers
+    the best score: the resumed run must compare against step 20's score, not step 10's."""
+    common = ["callbacks.last_checkpoint.every_n_train_steps=10"]
+    train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
+    scores = validations(tmp_path / "first")
+    assert scores[20] < scores[10] and best_checkpoint(tmp_path / "first")[0] == 20
+    spoil = [
+        "+callbacks.spoil._target_=tests.callbacks.SpoilWeightsAtStart",
+        "+callbacks.spoil.std=0.1",
+    ]
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(make_cfg(*common, *spoil, "trainer.max_steps=21", f"ckpt_path={last}"))
+    after = validations(tmp_path)[21]
+    assert scores[20] < after < scores[10]  # worse than the best, better than the stale score
+    assert best_checkpoint(tmp_path) == (20, pytest.approx(scores[20]))
+
+
+def test_a_resume_from_the_end_of_an_epoch_logs_as_an_uninterrupted_run(make_cfg, tmp_path):
+    def logged(run_dir) -> dict[str, list[int]]:
+        with (run_dir / "csv" / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        return {key: [int(r["step"]) for r in rows if r[key]] for key in ("train/loss", "val/bce")}
+
+    common = ["logger=csv", "trainer.log_every_n_steps=5"]  # 10 batches per epoch here
+    train(make_cfg(*common, "trainer.max_steps=40", f"paths.output_dir={tmp_path / 'fresh'}"))
+    train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(make_cfg(*common, "trainer.max_steps=40", f"ckpt_path={last}"))
+    fresh, resumed = logged(tmp_path / "fresh"), logged(tmp_path)
+    for key in fresh:
+        assert resumed[key] == [step for step in fresh[key] if step >= 20], key
+    assert read_metrics(tmp_path) == read_metrics(tmp_path / "fresh")
 
 
 def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(make_cfg, tmp_path):

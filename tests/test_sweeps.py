@@ -125,7 +125,6 @@ def study_trials(root, name: str) -> list:
 def test_a_search_minimises_its_objective_and_continues_its_stored_study(
     mnist_dir, tmp_path, search, objective, params
 ):
-    (tmp_path / "outputs").mkdir()
     command = ["-m", f"hparams_search={search}", f"paths.root_dir={tmp_path}", "trainer=debug",
                "trainer.max_steps=5", f"data.data_dir={mnist_dir}",
                "model.linear_probe=false"]  # fmt: skip

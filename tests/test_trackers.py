@@ -73,6 +73,18 @@ def test_wandb_offline_gets_the_settings_final_metrics_and_pictures(
     assert list((run_dir / "files" / "media" / "images" / "test").glob("reconstructions_*.png"))
 
 
+@needs("wandb")
+def test_after_a_failed_run_the_next_gets_a_wandb_run_of_its_own(make_cfg, tmp_path):
+    from autoencoders.model import DivergenceError
+
+    with pytest.raises(DivergenceError):
+        train(make_cfg("logger=wandb", "optimizer=sgd", "learning_rate=1e38",
+                       f"paths.output_dir={tmp_path / 'failed'}"))  # fmt: skip
+    train(make_cfg("logger=wandb", f"paths.output_dir={tmp_path / 'next'}"))
+    assert len(list((tmp_path / "failed" / "wandb").glob("offline-run-*"))) == 1
+    assert len(list((tmp_path / "next" / "wandb").glob("offline-run-*"))) == 1
+
+
 def test_many_loggers_at_once_and_none_at_all(make_cfg, tmp_path):
     train(make_cfg("logger=[tensorboard,csv]", f"paths.output_dir={tmp_path / 'two'}"))
     assert (tmp_path / "two" / "csv" / "metrics.csv").is_file()

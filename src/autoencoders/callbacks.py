@@ -42,8 +42,11 @@ class BestCheckpoint(ModelCheckpoint):
         self.carried_from: str | None = None
 
     def load_state_dict(self, state_dict: dict) -> None:
-        previous = state_dict.get("best_model_path")
-        if not previous or not os.path.isfile(previous):
+        # (a last.ckpt written before the run's first validation names no best.ckpt yet)
+        previous = state_dict.get("best_model_path") or os.path.join(
+            state_dict.get("dirpath") or "", "best.ckpt"
+        )
+        if not os.path.isfile(previous):
             if previous:
                 log.warning("best.ckpt of the resumed run is gone (%s): best.ckpt holds the "
                             "best since the resume", previous)  # fmt: skip
@@ -68,8 +71,10 @@ class BestCheckpoint(ModelCheckpoint):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt`: every `every_n_train_steps` optimizer steps and when training ends (the
-    stock ModelCheckpoint writes it at the end only if it never wrote it before)."""
+    """`last.ckpt`: every `every_n_train_steps` optimizer steps and at the last step (the stock
+    ModelCheckpoint writes it at the end only if it never wrote it before). Like the periodic
+    ones, the last is written as the step's batch ends, where Lightning's loops expect a
+    checkpoint to be resumed from."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 1000):
         super().__init__(
@@ -81,6 +86,14 @@ class LastCheckpoint(ModelCheckpoint):
         if Path(state_dict.get("dirpath") or "") == Path(self.dirpath):  # else: nothing to keep
             super().load_state_dict(state_dict)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step == trainer.max_steps and trainer.global_step % self.every:
+            self.write_last(trainer)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step % self.every:  # else: saved at this step already
-            trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
+        if trainer.global_step % self.every and trainer.global_step != trainer.max_steps:
+            self.write_last(trainer)  # stopped early (EarlyStopping, should_stop)
+
+    def write_last(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))

@@ -106,6 +106,9 @@ RANGES = {
     "trainer.max_steps": COUNT,
     "trainer.val_check_interval": COUNT,
     "data.eval_batch_size": COUNT,
+    "data.noise_prob": PROBABILITY,  # (eval.py's overrides)
+    "data.eval_noise_prob": PROBABILITY,
+    "model.robustness_levels": PROBABILITY,  # each of the list
     "model.init_std": POSITIVE,
     "scheduler.cooldown_fraction": Range(0, 1, low_open=True),
     "callbacks.last_checkpoint.every_n_train_steps": COUNT,
@@ -124,8 +127,21 @@ def check_settings(cfg: DictConfig) -> None:
         )
     for key, allowed in RANGES.items():
         value = OmegaConf.select(cfg, key)
-        if value is not None and not allowed.allows(value):
-            raise SettingError(f"{key}={value!r} is out of range: it must be {allowed}")
+        values = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else [value]
+        for one in values:
+            if one is not None and not allowed.allows(one):
+                what = f"{key}={value!r}" if len(values) == 1 else f"{key} holds {one!r}, which"
+                raise SettingError(f"{what} is out of range: it must be {allowed}")
+
+
+class StudyFolder(Callback):
+    """Hydra callback: create the folder of an SQLite study (hparams_search=...) before the
+    Optuna sweeper opens it; SQLite does not create folders."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        storage = OmegaConf.select(config, "hydra.sweeper.storage")
+        if isinstance(storage, str) and storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
 class CheckSettingsFirst(Callback):
