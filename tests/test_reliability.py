@@ -81,6 +81,7 @@ def test_the_last_step_is_validated_checkpointed_and_counts_for_best(make_cfg, t
     assert best_checkpoint(tmp_path) == (23, pytest.approx(scores[23]))  # ... so best is 23
 
 
+@pytest.mark.slow
 def test_validation_keeps_its_interval_across_a_resume(make_cfg, tmp_path):
     interval = ["trainer.val_check_interval=20", "callbacks.last_checkpoint.every_n_train_steps=10"]
 
@@ -222,6 +223,7 @@ def test_eval_script_runs_from_the_command_line(make_cfg, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(make_cfg, tmp_path):
     first = train(make_cfg("variant=denoising", f"paths.output_dir={tmp_path / 'a'}"))
     again = train(make_cfg("variant=denoising", f"paths.output_dir={tmp_path / 'b'}"))

@@ -30,6 +30,7 @@ def test_csv_gets_the_scalars_settings_and_final_metrics(make_cfg, tmp_path):
     assert set(settings) == set(SETTINGS) and settings["variant"] == "denoising"
 
 
+@pytest.mark.slow
 @needs("mlflow")
 def test_mlflow_gets_the_scalars_settings_final_metrics_and_pictures(make_cfg, tmp_path):
     from mlflow.tracking import MlflowClient

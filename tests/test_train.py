@@ -26,6 +26,7 @@ def test_each_variant_trains_and_its_loss_goes_down(make_cfg, variant):
     assert model.hparams.beta == cfg.beta and datamodule.noise_prob == cfg.noise_prob
 
 
+@pytest.mark.slow
 def test_sparse_penalty_pulls_mean_activation_towards_rho(make_cfg, tmp_path):
     short = ["trainer.max_steps=60", "learning_rate=0.3"]
     plain = train(make_cfg(*short, f"paths.output_dir={tmp_path / 'plain'}"))
@@ -81,6 +82,7 @@ def test_an_unknown_variant_stops_the_script_with_hydras_error(mnist_dir, tmp_pa
     assert "variant/sprase" in result.stderr and "Available options" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs a C compiler")
 def test_compiled_training_gives_the_eager_results(make_cfg, tmp_path):
     common = ["variant=sparse", "trainer.max_steps=20", "model.linear_probe=false"]
