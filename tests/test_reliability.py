@@ -275,3 +275,14 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_p
     with pytest.raises(KeyboardInterrupt):
         writer.save_checkpoint({"global_step": 2}, path)
     assert torch.load(path, weights_only=True) == {"global_step": 1}
+
+
+@pytest.mark.slow
+def test_eval_stops_at_a_bad_setting_before_it_writes_anything(make_cfg, tmp_path):
+    train(make_cfg())
+    out = tmp_path / "eval"
+    result = run_script("eval.py", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+                        "data.eval_noise_prob=1.5", f"hydra.run.dir={out}")  # fmt: skip
+    assert result.returncode != 0
+    assert "data.eval_noise_prob=1.5 is out of range: it must be [0, 1)" in result.stderr
+    assert not out.exists()
