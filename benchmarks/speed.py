@@ -64,8 +64,11 @@ def run_project(variant: str, args, workdir: Path, tag: str, extra: list[str]) -
             "command_s": wall, "rss_mib": rss, "test_bce": metrics["test/bce"]}  # fmt: skip
 
 
-def minimal_loop_command(data_dir: str, variant: str, steps: int) -> list[str]:
-    return [sys.executable, "benchmarks/minimal_loop.py", f"--data-dir={data_dir}",
+def minimal_loop_command(
+    data_dir: str, variant: str, steps: int, python=sys.executable, script="minimal_loop"
+) -> list[str]:
+    """B's command line (C's: tf1_chapter.py, run by a Python with TensorFlow)."""
+    return [python, f"benchmarks/{script}.py", f"--data-dir={data_dir}",
             f"--variant={variant}", f"--steps={steps}"]  # fmt: skip
 
 
@@ -76,8 +79,7 @@ def minimal_loop_result(stdout: str) -> tuple[dict, float]:
 
 
 def run_minimal(variant: str, args, python: str = sys.executable, script="minimal_loop") -> dict:
-    command = minimal_loop_command(args.data_dir, variant, args.steps)
-    command[:2] = [python, f"benchmarks/{script}.py"]
+    command = minimal_loop_command(args.data_dir, variant, args.steps, python, script)
     start, wall, rss, stdout = run(command)
     t, ms_per_step = minimal_loop_result(stdout)
     return {"ms_per_step": ms_per_step, "startup_s": t["first_step"] - start,

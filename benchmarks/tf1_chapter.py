@@ -4,7 +4,7 @@ Needs TensorFlow in a Python of its own (not a project dependency):
     python -m venv /tmp/tf && /tmp/tf/bin/pip install tensorflow-cpu numpy
     /tmp/tf/bin/python benchmarks/tf1_chapter.py --data-dir data --variant plain --steps 10000
 
-The graph and the session loop are the chapter's; only `input_data.read_data_sets`, which
+The graph and the training loop are the chapter's; only `input_data.read_data_sets`, which
 TensorFlow 2 no longer ships, is replaced by the same thing in numpy: the 55,000 training
 images as floats in [0, 1], served by a shuffling `next_batch`. Prints one JSON line, as
 minimal_loop.py does: start-up and training timings, and test BCE.

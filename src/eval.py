@@ -27,9 +27,8 @@ def zeroing_curve(model: Autoencoder, images: torch.Tensor, thresholds) -> dict[
     clean = images.float().div_(255)
     curve = {}
     for threshold in thresholds:
-        active = codes >= threshold
-        logits = model.decode(codes * active)
-        curve[f"test/active_fraction_{threshold}"] = active.float().mean().item()
+        logits = model.decode(model.zeroed(codes, threshold))
+        curve[f"test/active_fraction_{threshold}"] = (codes >= threshold).float().mean().item()
         curve[f"test/bce_zeroed_{threshold}"] = reconstruction_bce(logits, clean).item()
     return curve
 

@@ -42,12 +42,11 @@ class BestCheckpoint(ModelCheckpoint):
         self.carried_from: str | None = None
 
     def load_state_dict(self, state_dict: dict) -> None:
+        named = state_dict.get("best_model_path")
         # (a last.ckpt written before the run's first validation names no best.ckpt yet)
-        previous = state_dict.get("best_model_path") or os.path.join(
-            state_dict.get("dirpath") or "", "best.ckpt"
-        )
+        previous = named or os.path.join(state_dict.get("dirpath") or "", "best.ckpt")
         if not os.path.isfile(previous):
-            if previous:
+            if named:
                 log.warning("best.ckpt of the resumed run is gone (%s): best.ckpt holds the "
                             "best since the resume", previous)  # fmt: skip
             return

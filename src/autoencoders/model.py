@@ -68,13 +68,15 @@ class Autoencoder(pl.LightningModule):
         """Reconstructed images in [0, 1]."""
         return torch.sigmoid(self.decode(self.encode(x)))
 
-    def zeroed(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The chapter's experiment: hidden activations below `threshold` set to zero.
+    def zeroed(self, hidden: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """The chapter's experiment: hidden activations below `threshold` (default: the
+        model's) set to zero.
 
         (The chapter's code, `relu(hidden - 0.1) + 0.1`, clamps them *up* to 0.1 instead;
         its text, which we follow, says to zero them.)
         """
-        return hidden * (hidden >= self.hparams.threshold)
+        threshold = self.hparams.threshold if threshold is None else threshold
+        return hidden * (hidden >= threshold)
 
     def loss(self, clean: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
         """The training loss of one minibatch, [B, 784] each, and its parts."""
@@ -144,7 +146,10 @@ class Autoencoder(pl.LightningModule):
         clean, masked, _ = batch
         bce = reconstruction_bce(self.decode(self.encode(clean)), clean)
         self.log("val/bce", bce, batch_size=len(clean), prog_bar=True, sync_dist=True)
-        bce_masked = reconstruction_bce(self.decode(self.encode(masked)), clean)
+        if masked is clean:  # no masking noise: the same numbers, not computed twice
+            bce_masked = bce
+        else:
+            bce_masked = reconstruction_bce(self.decode(self.encode(masked)), clean)
         self.log("val/bce_masked", bce_masked, batch_size=len(clean), sync_dist=True)
 
     def test_step(self, batch, batch_idx):
