@@ -6,6 +6,9 @@ batch 64, batches drawn from an in-memory uint8 tensor, masks for denoising, KL 
 Prints one JSON line: start-up and training timings, and test BCE.
 
     python benchmarks/minimal_loop.py --data-dir data --variant plain --steps 10000
+
+`MinimalLoop` is also run inside the project's own training process, in windows that
+alternate with the project's steps (benchmarks/step_timer.py).
 """
 
 import time
@@ -20,6 +23,55 @@ import torch.nn.functional as F  # noqa: E402
 from torchvision.datasets import MNIST  # noqa: E402
 
 VARIANTS = {"plain": (0.0, 0.0), "sparse": (0.0, 1.0), "denoising": (0.3, 0.0)}  # noise, beta
+RHO = 0.05
+
+
+class MinimalLoop:
+    """The model, optimizer and data of B; `run(steps)` trains that many steps."""
+
+    def __init__(self, data_dir: str, variant: str = "plain", seed: int = 0):
+        self.noise_prob, self.beta = VARIANTS[variant]
+        # its own generator: run inside the project's process, B leaves the global RNG alone
+        self.generator = torch.Generator().manual_seed(seed)
+        train = MNIST(data_dir, train=True).data.flatten(1)
+        self.train_images = train[5000:]  # uint8 [55000, 784]
+        self.test_images = MNIST(data_dir, train=False).data.flatten(1).float() / 255
+        self.params = [torch.empty(784, 128), torch.empty(128), torch.empty(128, 784),
+                       torch.empty(784)]  # fmt: skip
+        for p in self.params:
+            torch.nn.init.trunc_normal_(p, std=0.1, a=-0.2, b=0.2, generator=self.generator)
+            p.requires_grad_()
+        self.optimizer = torch.optim.Adagrad(
+            self.params, lr=0.1, initial_accumulator_value=0.1, eps=0.0, fused=True
+        )
+
+    def run(self, steps: int) -> None:
+        w1, b1, w2, b2 = self.params
+        for _ in range(steps):
+            idx = torch.randint(0, len(self.train_images), (64,), generator=self.generator)
+            clean = self.train_images.index_select(0, idx).float().div_(255)
+            if self.noise_prob:
+                keep = torch.rand(clean.shape, generator=self.generator) >= self.noise_prob
+                masked = clean * keep
+            else:
+                masked = clean
+            hidden = torch.sigmoid(masked @ w1 + b1)
+            loss = F.binary_cross_entropy_with_logits(hidden @ w2 + b2, clean)
+            if self.beta:
+                rho_hat = hidden.mean(0).clamp(1e-6, 1 - 1e-6)
+                kl = RHO * torch.log(RHO / rho_hat) + (1 - RHO) * torch.log(
+                    (1 - RHO) / (1 - rho_hat)
+                )
+                loss = loss + self.beta * kl.mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+
+    @torch.no_grad()
+    def test_bce(self) -> float:
+        w1, b1, w2, b2 = self.params
+        logits = torch.sigmoid(self.test_images @ w1 + b1) @ w2 + b2
+        return F.binary_cross_entropy_with_logits(logits, self.test_images).item()
 
 
 def main() -> None:
@@ -28,44 +80,14 @@ def main() -> None:
     parser.add_argument("--variant", choices=VARIANTS, default="plain")
     parser.add_argument("--steps", type=int, default=10000)
     args = parser.parse_args()
-    noise_prob, beta = VARIANTS[args.variant]
-    rho = 0.05
 
-    torch.manual_seed(0)
-    train_images = MNIST(args.data_dir, train=True).data.flatten(1)[5000:]  # uint8 [55000, 784]
-    test_images = MNIST(args.data_dir, train=False).data.flatten(1).float() / 255
-    params = [torch.empty(784, 128), torch.empty(128), torch.empty(128, 784), torch.empty(784)]
-    for p in params:
-        torch.nn.init.trunc_normal_(p, std=0.1, a=-0.2, b=0.2).requires_grad_()
-    w1, b1, w2, b2 = params
-    optimizer = torch.optim.Adagrad(
-        params, lr=0.1, initial_accumulator_value=0.1, eps=0.0, fused=True
-    )
-
-    first_step = None
-    for step in range(args.steps):
-        if step == 0:
-            first_step = time.time()
-        idx = torch.randint(0, len(train_images), (64,))
-        clean = train_images.index_select(0, idx).float().div_(255)
-        masked = clean * (torch.rand_like(clean) >= noise_prob) if noise_prob else clean
-        hidden = torch.sigmoid(masked @ w1 + b1)
-        loss = F.binary_cross_entropy_with_logits(hidden @ w2 + b2, clean)
-        if beta:
-            rho_hat = hidden.mean(0).clamp(1e-6, 1 - 1e-6)
-            kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
-            loss = loss + beta * kl.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    loop = MinimalLoop(args.data_dir, args.variant)
+    first_step = time.time()
+    loop.run(args.steps)
     last_step = time.time()
-
-    with torch.no_grad():
-        logits = torch.sigmoid(test_images @ w1 + b1) @ w2 + b2
-        test_bce = F.binary_cross_entropy_with_logits(logits, test_images).item()
     print(json.dumps({
         "first_step": first_step, "last_step": last_step, "start": START,
-        "steps": args.steps, "test_bce": test_bce,
+        "steps": args.steps, "test_bce": loop.test_bce(),
     }))  # fmt: skip
 
 

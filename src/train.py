@@ -54,8 +54,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, Autoencoder, pl.Trai
     """The data module, model and trainer that `cfg` describes."""
     trainer = instantiate(
         cfg.trainer,
-        logger=[instantiate(logger) for logger in cfg.get("logger", {}).values()] or False,
-        callbacks=[instantiate(callback) for callback in cfg.callbacks.values()],
+        logger=[instantiate(logger) for logger in (cfg.get("logger") or {}).values()] or False,
+        callbacks=[instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()],
     )
     return instantiate(cfg.data), instantiate(cfg.model), trainer
 

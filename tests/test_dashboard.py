@@ -59,3 +59,22 @@ def test_many_features_are_tiled_in_a_square():
 
     grid = feature_grid(Autoencoder(latent_space=1024), torch.ones(784))
     assert grid.shape[1:] == (32 * 29 + 1, 32 * 29 + 1)  # 32 x 32 tiles, not 16 x 64
+
+
+def test_a_histogram_describes_the_tensor_it_was_given(tmp_path):
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    from autoencoders.dashboard import log_histogram
+
+    values = torch.tensor([[-1.0, 0.0, 0.5], [0.5, 2.0, 3.0]])
+    with SummaryWriter(str(tmp_path)) as writer:
+        log_histogram(writer, "h", values, step=7, bins=4)
+    (accumulator,) = read_run(tmp_path).values()
+    (event,) = accumulator.Histograms("h")
+    histogram = event.histogram_value
+    assert event.step == 7
+    assert (histogram.min, histogram.max, histogram.num) == (-1.0, 3.0, 6)
+    assert (histogram.sum, histogram.sum_squares) == (5.0, 14.5)
+    assert histogram.bucket_limit == [0.0, 1.0, 2.0, 3.0]  # the right edges of 4 equal buckets
+    assert histogram.bucket == [1, 3, 0, 2]  # -1 | 0, 0.5, 0.5 | - | 2, 3

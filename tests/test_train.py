@@ -26,6 +26,12 @@ def test_each_variant_trains_and_its_loss_goes_down(make_cfg, variant):
     assert model.hparams.beta == cfg.beta and datamodule.noise_prob == cfg.noise_prob
 
 
+def test_a_run_without_logger_or_callbacks_trains(make_cfg, tmp_path):
+    metrics = train(make_cfg("~logger", "~callbacks", "trainer.max_steps=5"))
+    assert metrics["val/bce"] > 0 and (tmp_path / "metrics.json").is_file()
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "reconstructions.png").exists()
+
+
 @pytest.mark.slow
 def test_sparse_penalty_pulls_mean_activation_towards_rho(make_cfg, tmp_path):
     short = ["trainer.max_steps=60", "learning_rate=0.3"]

@@ -64,6 +64,25 @@ def log_image(trainer: pl.Trainer, tag: str, grid: torch.Tensor, step: int) -> N
             logger.log_image(tag, [grid], step=step)
 
 
+def log_histogram(writer, tag: str, values: torch.Tensor, step: int, bins: int = 64) -> None:
+    """A TensorBoard histogram, computed by torch. (SummaryWriter.add_histogram computes it
+    with numpy, whose BLAS threads then spin on the cores that torch trains on and slow the
+    steps after every validation: see docs/speed.md.)"""
+    values = values.detach().flatten().double().cpu()
+    counts, edges = torch.histogram(values, bins=bins)
+    writer.add_histogram_raw(
+        tag,
+        min=values.min().item(),
+        max=values.max().item(),
+        num=len(values),
+        sum=values.sum().item(),
+        sum_squares=values.dot(values).item(),
+        bucket_limits=edges[1:].tolist(),  # the right edge of each bucket
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
+
+
 class Dashboard(pl.Callback):
     """Pictures, histograms, settings and the code space of a run (see the module docstring).
     `projector_digits`: how many test digits the Projector shows (0: none)."""
@@ -127,9 +146,9 @@ class Dashboard(pl.Callback):
             for name, grid in grids.items():
                 log_image(trainer, f"{split}/{name}", grid, step)
         for writer in tensorboard_writers(trainer):
-            writer.add_histogram(f"{split}/hidden_activations", pl_module.encode(clean), step)
+            log_histogram(writer, f"{split}/hidden_activations", pl_module.encode(clean), step)
             for name, param in pl_module.named_parameters():
-                writer.add_histogram(f"weights/{name}", param, step)
+                log_histogram(writer, f"weights/{name}", param, step)
         return grids
 
     def project_codes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
