@@ -78,3 +78,19 @@ def test_a_histogram_describes_the_tensor_it_was_given(tmp_path):
     assert (histogram.sum, histogram.sum_squares) == (5.0, 14.5)
     assert histogram.bucket_limit == [0.0, 1.0, 2.0, 3.0]  # the right edges of 4 equal buckets
     assert histogram.bucket == [1, 3, 0, 2]  # -1 | 0, 0.5, 0.5 | - | 2, 3
+
+
+def test_a_histogram_leaves_out_values_that_are_not_finite(tmp_path):
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    from autoencoders.dashboard import log_histogram
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        log_histogram(writer, "h", torch.tensor([1.0, float("nan"), 2.0, float("inf")]), step=1)
+        log_histogram(writer, "none", torch.tensor([float("nan")]), step=1)  # nothing to draw
+    (accumulator,) = read_run(tmp_path).values()
+    (event,) = accumulator.Histograms("h")
+    assert (event.histogram_value.min, event.histogram_value.max) == (1.0, 2.0)
+    assert sum(event.histogram_value.bucket) == 2
+    assert "none" not in accumulator.Tags()["histograms"]

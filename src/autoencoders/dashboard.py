@@ -68,7 +68,10 @@ def log_histogram(writer, tag: str, values: torch.Tensor, step: int, bins: int =
     """A TensorBoard histogram, computed by torch. (SummaryWriter.add_histogram computes it
     with numpy, whose BLAS threads then spin on the cores that torch trains on and slow the
     steps after every validation: see docs/speed.md.)"""
-    values = values.detach().flatten().double().cpu()
+    values = values.detach().flatten().cpu().double()  # (on the CPU first: MPS has no float64)
+    values = values[values.isfinite()]  # as add_histogram: NaN and inf fall in no bucket
+    if not len(values):
+        return
     counts, edges = torch.histogram(values, bins=bins)
     writer.add_histogram_raw(
         tag,
