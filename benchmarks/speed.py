@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE_IMPORT = "import torch, lightning.pytorch, hydra, torchvision"
-STEP_WINDOW = 250  # StepTimer's default window
+STEP_WINDOW = 250  # optimizer steps of A, then of B, in turn
 
 
 def run(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
@@ -62,7 +62,8 @@ def run_project(variant: str, args, workdir: Path, tag: str, interleaved: bool) 
     ]  # fmt: skip
     if interleaved:
         command += [f"+callbacks.step_timer.data_dir={args.data_dir}",
-                    f"+callbacks.step_timer.variant={variant}"]  # fmt: skip
+                    f"+callbacks.step_timer.variant={variant}",
+                    f"+callbacks.step_timer.window={STEP_WINDOW}"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT / "benchmarks"))
     start, wall, rss, _ = run(command, env)
     t = json.loads(timer.read_text())
