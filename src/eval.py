@@ -11,9 +11,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from autoencoders.callbacks import LinearProbe
 from autoencoders.config import check_settings
 from autoencoders.dashboard import Dashboard
-from autoencoders.data import MNISTDataModule
+from autoencoders.data import MNISTDataModule, to_unit
 from autoencoders.losses import reconstruction_bce
 from autoencoders.model import Autoencoder
 from autoencoders.reporting import report_run, select
@@ -24,7 +25,7 @@ def zeroing_curve(model: Autoencoder, images: torch.Tensor, thresholds) -> dict[
     """The chapter's experiment at each threshold, from one pass of codes over `images`:
     the share of hidden activations at or above it, and the BCE with those below it zeroed."""
     codes = model.codes(images)  # [N, H]
-    clean = images.float().div_(255)
+    clean = to_unit(images)
     curve = {}
     for threshold in thresholds:
         logits = model.decode(model.zeroed(codes, threshold))
@@ -47,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         devices=1,
         enable_model_summary=False,
         logger=[instantiate(logger) for logger in cfg.get("logger", {}).values()] or False,
-        callbacks=[Dashboard(cfg.paths.output_dir)],
+        callbacks=[LinearProbe(), Dashboard(cfg.paths.output_dir)],
     )
     (logged,) = trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = select(logged, "test/")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from autoencoders.data import MNISTDataModule
+from autoencoders.data import MNISTDataModule, to_unit
 from autoencoders.probe import linear_probe_accuracy
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     data.prepare_data()
     data.setup()
     accuracy = linear_probe_accuracy(
-        data.train_images / 255.0, data.train_labels, data.test_images / 255.0, data.test_labels
+        to_unit(data.train_images), data.train_labels, to_unit(data.test_images), data.test_labels
     )
     print(f"{args.dataset}: linear probe on raw pixels, test accuracy {accuracy:.4f}")
 

@@ -18,15 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"sweep_dir {args.sweep_dir} is not a directory")
-    rows = write_sweep_report(args.sweep_dir)
+    rows, written = write_sweep_report(args.sweep_dir)
     if not rows:
         parser.error(f"no Hydra jobs (folders with .hydra/) under {args.sweep_dir}")
     print(markdown_table(rows))
     unfinished = [r for r in rows if r["status"] != "done"]
     for row in unfinished:
         print(f"not done: {row['job']}: {row['status']}", file=sys.stderr)
-    plots = "report.png, robustness.png, features.png"
-    print(f"\nwrote report.md, report.csv, {plots} in {args.sweep_dir}")
+    print(f"\nwrote {', '.join(written)} in {args.sweep_dir}")
     return 0
 
 

@@ -49,6 +49,17 @@ def mnist_dir(tmp_path_factory) -> Path:
     return write_synthetic_mnist(tmp_path_factory.mktemp("data"))
 
 
+ADAGRAD = {"_target_": "torch.optim.Adagrad", "lr": 0.1, "initial_accumulator_value": 0.1}
+
+
+def make_model(net: str = "chapter", latent_space: int = 16, **kwargs):
+    """An Autoencoder on `net` (an autoencoders.nets function) with the chapter's AdaGrad."""
+    from autoencoders.model import Autoencoder
+
+    net_config = {"_target_": f"autoencoders.nets.{net}", "latent_space": latent_space}
+    return Autoencoder(net_config, kwargs.pop("optimizer", ADAGRAD), **kwargs)
+
+
 def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:
     """Overrides that make any run a few seconds long on synthetic data."""
     return [

@@ -33,13 +33,18 @@ def test_every_config_group_option_composes(make_cfg, group, option):
         from autoencoders.model import Autoencoder
 
         settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
-        optimizer = Autoencoder(latent_space=4, optimizer=settings).configure_optimizers()
+        net = {"_target_": "autoencoders.nets.chapter", "latent_space": 4}
+        optimizer = Autoencoder(net, optimizer=settings).configure_optimizers()
         assert optimizer.defaults["lr"] == cfg.learning_rate
         assert sum(len(group["params"]) for group in optimizer.param_groups) == 4
     if group == "model":
         model = instantiate(cfg.model)
-        assert (model.hparams.latent_space, model.hparams.beta) == (cfg.latent_space, cfg.beta)
-        assert isinstance(model.hparams.optimizer, dict)  # built by the model, not by Hydra
+        assert (model.hparams.net["latent_space"], model.hparams.beta) == (
+            cfg.latent_space,
+            cfg.beta,
+        )
+        for built_by_the_model in ("net", "optimizer"):  # as plain dicts, not by Hydra
+            assert isinstance(model.hparams[built_by_the_model], dict), built_by_the_model
     if group == "scheduler" and cfg.scheduler:
         import torch
 
@@ -82,23 +87,25 @@ def test_chapter_defaults(make_cfg):
 
 @pytest.mark.parametrize("cuda, mps", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam", "muon"])
-def test_fused_cpu_optimizers_only_where_training_runs_on_the_cpu(
+def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
     make_cfg, monkeypatch, optimizer, cuda, mps
 ):
-    """torch's fused AdaGrad is CPU-only: `trainer.accelerator=auto` must not get it on a
-    machine with a GPU, whichever kind."""
+    """torch's fused AdaGrad and Adam run on the CPU and CUDA: fused there; on Apple's GPU
+    None, which lets torch pick its multi-tensor kernels (False would switch those off too)."""
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
 
-    def fused(trainer: str) -> bool:
+    def fused(trainer: str) -> bool | None:
         settings = make_cfg(f"optimizer={optimizer}", f"trainer={trainer}").optimizer
         return settings.fused  # muon: Adam's, for the biases
 
-    assert fused("default") is not (cuda or mps)  # accelerator: auto
     assert fused("cpu") is True
-    assert fused("gpu") is False
+    assert fused("default") is (None if mps else True)  # accelerator: auto (CUDA comes first)
+    assert fused("gpu") is (True if cuda else None)
+    assert make_cfg(f"optimizer={optimizer}", "trainer.accelerator=mps").optimizer.fused is None
+    assert make_cfg(f"optimizer={optimizer}", "trainer.accelerator=cuda").optimizer.fused is True
 
 
 @pytest.mark.parametrize(
@@ -122,7 +129,7 @@ def test_fused_cpu_optimizers_only_where_training_runs_on_the_cpu(
             "data.eval_batch_size=0",
             "data.eval_batch_size=0 is out of range: it must be an integer >= 1",
         ),
-        ("model.init_std=0", "model.init_std=0 is out of range: it must be > 0"),
+        ("net.init_std=0", "net.init_std=0 is out of range: it must be > 0"),
         (
             "data.eval_noise_prob=1.5",
             "data.eval_noise_prob=1.5 is out of range: it must be [0, 1)",

@@ -6,7 +6,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from autoencoders.reporting import FINAL_METRICS, SETTINGS
 from train import train
 
-from .conftest import read_run
+from .conftest import make_model, read_run
 
 
 def test_tensorboard_holds_scalars_images_histograms_and_hparams(make_cfg, tmp_path):
@@ -55,9 +55,8 @@ def test_many_features_are_tiled_in_a_square():
     import torch
 
     from autoencoders.dashboard import feature_grid
-    from autoencoders.model import Autoencoder
 
-    grid = feature_grid(Autoencoder(latent_space=1024), torch.ones(784))
+    grid = feature_grid(make_model(latent_space=1024), torch.ones(784))
     assert grid.shape[1:] == (32 * 29 + 1, 32 * 29 + 1)  # 32 x 32 tiles, not 16 x 64
 
 

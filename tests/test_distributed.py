@@ -53,8 +53,10 @@ def test_batch_size_must_divide_among_the_processes(make_cfg):
 
 @pytest.mark.slow
 def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path):
+    # (the deeper net: every layer's gradients all-reduced; the chapter's in the tests below)
     common = [f"data.data_dir={mnist_dir}", "trainer=ddp_cpu", "trainer.val_check_interval=10",
-              "callbacks.last_checkpoint.every_n_train_steps=10", "variant=denoising"]  # fmt: skip
+              "callbacks.last_checkpoint.every_n_train_steps=10", "variant=denoising",
+              "net=mlp"]  # fmt: skip
     full, first, resumed = tmp_path / "runs" / "full", tmp_path / "first", tmp_path / "resumed"
     same_weights = "+callbacks.same_weights._target_=tests.callbacks.SameWeightsOnEveryRank"
     result = run_script("train.py", *common, same_weights, "trainer.max_steps=30",
@@ -107,7 +109,7 @@ def test_ddp_keeps_an_explicit_num_threads(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # Lightning would then set 2 / 2 = 1
     result = run_script("train.py", f"data.data_dir={mnist_dir}", "trainer=ddp_cpu",
                         "trainer.max_steps=2", "trainer.val_check_interval=2", "num_threads=2",
-                        "model.linear_probe=false", f"hydra.run.dir={tmp_path}",
+                        "~callbacks.probe", f"hydra.run.dir={tmp_path}",
                         "+callbacks.threads._target_=tests.callbacks.RequireThreads",
                         "+callbacks.threads.threads=2", pythonpath=str(REPO_ROOT))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

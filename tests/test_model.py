@@ -6,19 +6,63 @@ from omegaconf import OmegaConf
 from autoencoders.model import Autoencoder
 from autoencoders.optim import MuonWithAdam, constant_then_cooldown, orthogonalise
 
+from .conftest import make_model
 
-def test_shapes_and_range():
-    model = Autoencoder(latent_space=16)
+NETS = ["chapter", "mlp", "conv"]
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_every_net_has_a_sigmoid_code_and_reconstructs_images_in_0_1(net):
+    model = make_model(net, latent_space=16)
     x = torch.rand(5, 784)
-    assert model.encode(x).shape == (5, 16)
-    assert model.decode(model.encode(x)).shape == (5, 784)
+    hidden = model.encode(x)
+    assert hidden.shape == (5, 16) and 0 < hidden.min() and hidden.max() < 1
+    assert model.decode(hidden).shape == (5, 784)
     y = model(x)
     assert y.shape == (5, 784) and 0 <= y.min() and y.max() <= 1
 
 
+def test_the_net_and_optimizer_are_required():
+    with pytest.raises(TypeError, match="optimizer"):
+        Autoencoder({"_target_": "autoencoders.nets.chapter"})
+    with pytest.raises(TypeError, match="net"):
+        Autoencoder()
+
+
+@pytest.mark.parametrize(
+    "net, widths",
+    [
+        ("mlp", {"hidden": [64, 32]}),  # 784 -> 64 -> 32 -> 8 and back
+        ("conv", {"channels": [4, 8, 12]}),  # 28 -> 14 -> 7 -> 4 and back
+    ],
+)
+def test_net_widths_are_settings(net, widths):
+    from autoencoders import nets
+
+    encoder, decoder = getattr(nets, net)(latent_space=8, **widths)
+    x = torch.rand(3, 784)
+    assert encoder(x).shape == (3, 8) and decoder(encoder(x)).shape == (3, 784)
+    shapes = [p.shape for p in encoder.parameters() if p.ndim > 1]
+    if net == "mlp":
+        assert shapes == [(64, 784), (32, 64), (8, 32)]
+    else:
+        assert [s[0] for s in shapes[:-1]] == [4, 8, 12] and shapes[-1] == (8, 12 * 4 * 4)
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_deep_nets_keep_the_signal_through_their_depth(net):
+    """He-initialised ReLU layers: the code's pre-activations neither vanish nor explode."""
+    torch.manual_seed(0)
+    from autoencoders import nets
+
+    encoder, _ = getattr(nets, net)(latent_space=128)
+    pre = encoder(torch.rand(256, 784))
+    assert 0.3 < pre.std().item() < 5
+
+
 def test_weights_and_biases_are_truncated_normal_with_std_0_1():
     torch.manual_seed(0)
-    model = Autoencoder(latent_space=128)
+    model = make_model(latent_space=128)
     for name, param in model.named_parameters():
         values = param.detach().flatten()
         assert values.abs().max() <= 0.2, name  # truncated at two standard deviations
@@ -29,8 +73,27 @@ def test_weights_and_biases_are_truncated_normal_with_std_0_1():
     assert model.encoder.bias.abs().sum() > 0 and model.decoder.bias.abs().sum() > 0
 
 
+def test_the_chapter_net_keeps_its_draws_and_parameter_names():
+    """The order of the random draws fixes the chapter's numbers: two nn.Linear layers made,
+    then the encoder's weight and bias, the decoder's weight and bias, truncated-normal."""
+    from autoencoders.nets import truncated_normal_
+
+    torch.manual_seed(3)
+    expected = [torch.nn.Linear(784, 16), torch.nn.Linear(16, 784)]
+    for layer in expected:
+        for param in layer.parameters():
+            truncated_normal_(param.data, std=0.1)
+    torch.manual_seed(3)
+    model = make_model(latent_space=16)
+    names = ["encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"]
+    assert list(model.state_dict()) == names  # checkpoints of the chapter's net load as before
+    reference = [p for layer in expected for p in layer.parameters()]
+    for name, param, want in zip(names, model.parameters(), reference, strict=True):
+        assert torch.equal(param, want), name
+
+
 def test_zeroing_sets_small_activations_to_zero_and_keeps_the_rest():
-    model = Autoencoder(threshold=0.1)
+    model = make_model(threshold=0.1)
     hidden = torch.tensor([[0.05, 0.1, 0.5, 0.099, 0.0]])
     assert torch.equal(model.zeroed(hidden), torch.tensor([[0.0, 0.1, 0.5, 0.0, 0.0]]))
 

@@ -64,7 +64,7 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
 def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(mnist_dir, tmp_path):
     result = run_script(
         "train.py", "-m", "experiment=noise_sweep", f"data.data_dir={mnist_dir}", "trainer=debug",
-        "trainer.max_steps=2", "model.linear_probe=false", f"hydra.sweep.dir={tmp_path}",
+        "trainer.max_steps=2", "~callbacks.probe", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert report_main([str(tmp_path)]) == 0
@@ -74,6 +74,37 @@ def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(m
     for row in rows:  # each job tests on input masked at its own noise level
         same = row["test/bce_masked"] == row["test/bce"]
         assert same == (float(row["noise_prob"]) == 0.0), row["job"]
+
+
+@pytest.mark.slow
+def test_a_sweep_over_the_nets_reports_each_with_its_features(mnist_dir, tmp_path, capsys):
+    result = run_script(
+        "train.py", "-m", "net=chapter,mlp,conv", f"data.data_dir={mnist_dir}", "trainer=debug",
+        "trainer.max_steps=2", "~callbacks.probe", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert report_main([str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert sorted(r["net"] for r in rows) == ["chapter", "conv", "mlp"]
+    assert {r["status"] for r in rows} == {"done"}
+    assert "features.png" in capsys.readouterr().out
+    assert (
+        imread(tmp_path / "features.png").shape[1]
+        > 2 * imread(tmp_path / "net=chapter,trainer=debug" / "features.png").shape[1]
+    )  # three panels side by side
+
+
+@pytest.mark.slow
+def test_a_report_without_pictures_says_what_it_wrote(mnist_dir, tmp_path, capsys):
+    result = run_script(
+        "train.py", "-m", "variant=plain,sparse", f"data.data_dir={mnist_dir}", "trainer=debug",
+        "trainer.max_steps=2", "~callbacks", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert report_main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote report.md, report.csv, report.png, robustness.png in" in out
+    assert not (tmp_path / "features.png").exists()
 
 
 @pytest.mark.slow
@@ -127,7 +158,7 @@ def test_a_search_minimises_its_objective_and_continues_its_stored_study(
 ):
     command = ["-m", f"hparams_search={search}", f"paths.root_dir={tmp_path}", "trainer=debug",
                "trainer.max_steps=5", f"data.data_dir={mnist_dir}",
-               "model.linear_probe=false"]  # fmt: skip
+               "~callbacks.probe"]  # fmt: skip
     first = tmp_path / "first"
     result = run_script("train.py", *command, "hydra.sweeper.n_trials=2",
                         f"hydra.sweep.dir={first}")  # fmt: skip
@@ -151,7 +182,7 @@ def test_a_search_killed_midway_continues_where_it_stopped(mnist_dir, tmp_path):
     (tmp_path / "outputs").mkdir()
     command = [sys.executable, "src/train.py", "-m", "hparams_search=optimizer",
                f"paths.root_dir={tmp_path}", "trainer=debug", "trainer.max_steps=5",
-               f"data.data_dir={mnist_dir}", "model.linear_probe=false"]  # fmt: skip
+               f"data.data_dir={mnist_dir}", "~callbacks.probe"]  # fmt: skip
     killed = subprocess.Popen([*command, "hydra.sweeper.n_trials=50"], cwd=REPO_ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 240

@@ -76,7 +76,7 @@ def test_wandb_offline_gets_the_settings_final_metrics_and_pictures(
 
 @needs("wandb")
 def test_after_a_failed_run_the_next_gets_a_wandb_run_of_its_own(make_cfg, tmp_path):
-    from autoencoders.model import DivergenceError
+    from autoencoders.callbacks import DivergenceError
 
     with pytest.raises(DivergenceError):
         train(make_cfg("logger=wandb", "optimizer=sgd", "learning_rate=1e38",
@@ -94,11 +94,12 @@ def test_many_loggers_at_once_and_none_at_all(make_cfg, tmp_path):
     assert metrics["test/bce"] > 0 and not (tmp_path / "none" / "tensorboard").exists()
 
 
-def test_tensorboard_projector_holds_the_codes_labels_and_digits(make_cfg, tmp_path):
+@pytest.mark.parametrize("net", ["chapter", "conv"])
+def test_tensorboard_projector_holds_the_codes_labels_and_digits(make_cfg, tmp_path, net):
     from google.protobuf import text_format
     from tensorboard.plugins.projector import projector_config_pb2
 
-    train(make_cfg("latent_space=16", "callbacks.dashboard.projector_digits=100"))
+    train(make_cfg(f"net={net}", "latent_space=16", "callbacks.dashboard.projector_digits=100"))
     (config_file,) = (tmp_path / "tensorboard").rglob("projector_config.pbtxt")
     config = text_format.Parse(config_file.read_text(), projector_config_pb2.ProjectorConfig())
     (embedding,) = config.embeddings

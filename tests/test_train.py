@@ -14,9 +14,10 @@ ROBUSTNESS = {f"test/bce_masked_{level}" for level in (0.1, 0.3, 0.5, 0.7)}  # t
 METRICS = {*FINAL_METRICS, "test/mean_activation", *ROBUSTNESS}  # what metrics.json holds
 
 
+@pytest.mark.parametrize("net", ["chapter", "mlp", "conv"])
 @pytest.mark.parametrize("variant", ["plain", "sparse", "denoising"])
-def test_each_variant_trains_and_its_loss_goes_down(make_cfg, variant):
-    cfg = make_cfg(f"variant={variant}", "trainer.max_steps=30", "learning_rate=0.3")
+def test_each_variant_trains_on_each_net_and_its_loss_goes_down(make_cfg, variant, net):
+    cfg = make_cfg(f"net={net}", f"variant={variant}", "trainer.max_steps=30", "learning_rate=0.3")
     torch.manual_seed(0)
     datamodule, model, trainer = build(cfg)
     (before,) = trainer.validate(model, datamodule=datamodule, verbose=False)
@@ -41,8 +42,9 @@ def test_sparse_penalty_pulls_mean_activation_towards_rho(make_cfg, tmp_path):
     assert sparse["test/mean_activation"] < plain["test/mean_activation"] - 0.05
 
 
-def test_train_writes_metrics_json_picture_and_checkpoints(make_cfg, tmp_path):
-    metrics = train(make_cfg("variant=denoising"))
+@pytest.mark.parametrize("net", ["chapter", "conv"])
+def test_train_writes_metrics_json_picture_and_checkpoints(make_cfg, tmp_path, net):
+    metrics = train(make_cfg("variant=denoising", f"net={net}"))
     assert set(metrics) == METRICS
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
     assert metrics["test/bce_masked"] > metrics["test/bce"]  # masked input is harder
@@ -50,6 +52,8 @@ def test_train_writes_metrics_json_picture_and_checkpoints(make_cfg, tmp_path):
     assert 0 <= metrics["test/active_fraction"] <= 1
     with Image.open(tmp_path / "reconstructions.png") as grid:  # 4 rows of 10 digits
         assert grid.size == (10 * 30 + 2, 4 * 30 + 2)
+    with Image.open(tmp_path / "features.png") as features:  # a tile per code unit: 16 x 8
+        assert features.size == (16 * 29 + 1, 8 * 29 + 1)
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
 
@@ -92,7 +96,7 @@ def test_an_unknown_variant_stops_the_script_with_hydras_error(mnist_dir, tmp_pa
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs a C compiler")
 def test_compiled_training_gives_the_eager_results(make_cfg, tmp_path):
-    common = ["variant=sparse", "trainer.max_steps=20", "model.linear_probe=false"]
+    common = ["variant=sparse", "trainer.max_steps=20", "~callbacks.probe"]
     eager = train(make_cfg(*common, f"paths.output_dir={tmp_path / 'eager'}"))
     compiled = train(
         make_cfg(*common, "model.compile=default", f"paths.output_dir={tmp_path / 'c'}")

@@ -1,17 +1,24 @@
-"""Checkpoints: Lightning's ModelCheckpoint for best.ckpt and last.ckpt, where its stock
-behaviour falls short of what a resumed run needs, and an atomic checkpoint writer."""
+"""The run's bookkeeping, as Lightning callbacks: best.ckpt and last.ckpt across resumes
+(Lightning's ModelCheckpoint, where its stock behaviour falls short of what a resumed run
+needs), an atomic checkpoint writer, the guards of a training run (divergence, the last
+step's validation, the schedule of a resumed run) and the linear probe."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from autoencoders.probe import linear_probe_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +103,114 @@ class LastCheckpoint(ModelCheckpoint):
 
     def write_last(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class ScheduleMismatchError(ValueError):
+    """A resume would follow a learning-rate schedule planned for another run length."""
+
+
+class TrainingGuards(pl.Callback):
+    """What keeps a run's results right, whatever the model:
+
+    - a NaN or infinite loss stops the run at its step, before the optimizer applies it, and
+      no checkpoint of non-finite weights is ever written;
+    - training stops at `max_steps` through `should_stop`, so that Lightning's loop validates
+      that last step too (else only multiples of val_check_interval): best.ckpt and the final
+      val/bce see the weights that training ends with;
+    - a checkpoint records the `max_steps` its learning-rate schedule was planned for, and
+      resuming it with another one stops, unless `reschedule` asks for the schedule of the new
+      length from the resumed step.
+    """
+
+    def __init__(self, reschedule: bool = False):
+        self.reschedule = reschedule
+        self.resumed_step = None  # set when resuming with `reschedule`
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        """Under DDP every process stops at the same step when any one's loss is not finite:
+        none is left waiting in the next all-reduce."""
+        value = loss.item()  # on a GPU: waits for the step's kernels (the price of the check)
+        diverged = not math.isfinite(value)
+        world = trainer.world_size
+        if world > 1:
+            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if diverged:
+            what = f"is {value}" if world == 1 else f"is not finite on one of {world} processes"
+            raise DivergenceError(
+                f"train/loss {what} at step {trainer.global_step + 1}: training diverged. "
+                f"Settings that can cause it: {divergence_suspects(pl_module.hparams)}. Lower "
+                "the learning rate first; the last checkpoint written before this step is kept."
+            )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            raise RuntimeError(f"non-finite weights at step {trainer.global_step}: not saving them")
+        checkpoint["max_steps"] = trainer.max_steps
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Resuming a scheduled run with another `trainer.max_steps` would follow the old
+        schedule into the new steps (at rate 0 after a cooldown, or a cosine climbing back)."""
+        if not pl_module.hparams.scheduler:
+            return  # a constant rate: nothing depends on max_steps
+        before, now = checkpoint.get("max_steps"), trainer.max_steps
+        if before == now:
+            return
+        if not self.reschedule:
+            raise ScheduleMismatchError(
+                f"ckpt_path: this checkpoint's learning-rate schedule was planned for "
+                f"trainer.max_steps={before}, and this run has trainer.max_steps={now}. Resume "
+                f"with trainer.max_steps={before}, or add callbacks.guards.reschedule=true to "
+                f"follow the schedule for {now} steps from step {checkpoint['global_step']} on."
+            )
+        checkpoint["lr_schedulers"] = []  # not restored: replaced in on_train_start
+        self.resumed_step = checkpoint["global_step"]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """With `reschedule`: each restored scheduler replaced by one for this run's max_steps,
+        at the resumed step."""
+        if self.resumed_step is None:
+            return
+        for config in trainer.lr_scheduler_configs:
+            optimizer = config.scheduler.optimizer
+            for group in optimizer.param_groups:  # back to the configured rates
+                group["lr"] = group["initial_lr"]
+            config.scheduler = instantiate(pl_module.hparams.scheduler, optimizer=optimizer)
+            with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.resumed_step):
+                    config.scheduler.step()
+
+
+def divergence_suspects(hparams) -> str:
+    """The model's settings that can make training diverge, as `key=value` text."""
+    optimizer = hparams.optimizer
+    suspects = [f"learning_rate={optimizer.get('lr')} (optimizer {optimizer.get('_target_')})"]
+    if hparams.beta:
+        suspects.append(f"beta={hparams.beta}, rho={hparams.rho} (the sparsity penalty)")
+    net = hparams.net
+    if "init_std" in net:
+        suspects.append(f"net.init_std={net['init_std']}")
+    return ", ".join(suspects)
+
+
+class LinearProbe(pl.Callback):
+    """test/probe_accuracy: a linear classifier fitted on the frozen codes of the training set,
+    scored on the test set's (every process computes the same: each sees all of the data)."""
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        with torch.inference_mode(False):  # codes the probe can fit on (no inference tensors)
+            train_codes = pl_module.codes(datamodule.train_images)
+            test_codes = pl_module.codes(datamodule.test_images)
+        accuracy = linear_probe_accuracy(
+            train_codes, datamodule.train_labels, test_codes, datamodule.test_labels
+        )
+        pl_module.log("test/probe_accuracy", accuracy)

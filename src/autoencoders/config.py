@@ -22,14 +22,21 @@ def safe_name(name: str, max_length: int = 120) -> str:
     return name
 
 
-def on_cpu(accelerator: str) -> bool:
-    """Whether a run with this Lightning accelerator setting trains on the CPU. `auto`: when
-    neither a CUDA GPU nor Apple's MPS is there (Lightning would pick either)."""
-    if accelerator == "auto":
-        import torch
+def fused_kernel(accelerator: str) -> bool | None:
+    """The optimizers' `fused` for a Lightning accelerator setting: True where the run trains
+    on the CPU or a CUDA GPU (torch has fused AdaGrad and Adam kernels for both: one kernel for
+    all parameters); else None, which lets torch pick its multi-tensor (foreach) kernels where
+    it has them. (False would also switch those off: one parameter at a time.) `gpu` and
+    `auto` mean whichever GPU Lightning would pick: CUDA first, then Apple's MPS."""
+    import torch
 
-        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    return accelerator == "cpu"
+    if accelerator in ("auto", "gpu"):
+        if torch.cuda.is_available():
+            return True
+        if torch.backends.mps.is_available():
+            return None
+        return True if accelerator == "auto" else None  # auto without a GPU: the CPU
+    return True if accelerator in ("cpu", "cuda") else None
 
 
 def current_run_settings(*, _root_: DictConfig) -> dict:
@@ -45,11 +52,11 @@ def current_run_settings(*, _root_: DictConfig) -> dict:
 def register_resolvers() -> None:
     """`${repo_root:}`: the repo root, so default paths do not depend on the working dir;
     `${safe_name:...}`: a run name from overrides, usable as a folder name;
-    `${on_cpu:...}`: whether an accelerator setting means the CPU;
+    `${fused_kernel:...}`: the optimizers' `fused` for an accelerator setting;
     `${run_settings:}`: the run's settings that the HParams tab shows."""
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
-    OmegaConf.register_new_resolver("on_cpu", on_cpu, replace=True)
+    OmegaConf.register_new_resolver("fused_kernel", fused_kernel, replace=True)
     OmegaConf.register_new_resolver("run_settings", current_run_settings, replace=True)
 
 
@@ -109,7 +116,9 @@ RANGES = {
     "data.noise_prob": PROBABILITY,  # (eval.py's overrides)
     "data.eval_noise_prob": PROBABILITY,
     "model.robustness_levels": PROBABILITY,  # each of the list
-    "model.init_std": POSITIVE,
+    "net.init_std": POSITIVE,
+    "net.hidden": COUNT,  # each of the list
+    "net.channels": COUNT,
     "scheduler.cooldown_fraction": Range(0, 1, low_open=True),
     "callbacks.last_checkpoint.every_n_train_steps": COUNT,
 }

@@ -1,12 +1,12 @@
 """What the trackers show beyond scalars, and the same pictures as PNG files.
 
 At every validation and at the end of testing: a grid of fixed digits (clean / masked /
-reconstructed / reconstructed from zeroed hidden units) and the learned features (each encoder
-unit's 784 weights as a 28x28 tile), for every tracker that takes images; in TensorBoard also
-histograms of hidden activations and weights. At the start of fitting: the run's settings, for
-every tracker (TensorBoard's HParams tab ties them to the final metrics). At the end of
-testing, in TensorBoard's Projector: the codes of the first test digits, with their labels,
-each drawn as its digit.
+reconstructed / reconstructed from zeroed hidden units) and the learned features (what each
+code unit stands for, as a 28x28 tile: see `feature_grid`), for every tracker that takes
+images; in TensorBoard also histograms of hidden activations and weights. At the start of
+fitting: the run's settings, for every tracker (TensorBoard's HParams tab ties them to the
+final metrics). At the end of testing, in TensorBoard's Projector: the codes of the first
+test digits, with their labels, each drawn as its digit.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from torch import nn
 from torch.utils.tensorboard.summary import hparams
 from torchvision.utils import make_grid, save_image
 
+from autoencoders.data import to_unit
 from autoencoders.reporting import FINAL_METRICS
 
 
@@ -39,11 +41,21 @@ def reconstruction_grid(model, clean: torch.Tensor, masked: torch.Tensor) -> tor
 
 @torch.no_grad()
 def feature_grid(model, pixel_std: torch.Tensor) -> torch.Tensor:
-    """Each hidden unit's encoder weights times each pixel's standard deviation (what a
-    weight can contribute: the weights of border pixels that are almost never inked grow
-    large under Adam but do nothing) as a 28x28 tile, each tile scaled to [0, 1]."""
-    weights = model.encoder.weight.detach().cpu() * pixel_std  # [H, 784] * [784]
-    tiles = weights.view(-1, 1, 28, 28)
+    """What each code unit stands for, as a 28x28 tile scaled to [0, 1]: [3, H, W].
+
+    A net whose encoder is one linear layer (net=chapter): the unit's encoder weights times
+    each pixel's standard deviation (what a weight can contribute: the weights of border pixels
+    that are almost never inked grow large under Adam but do nothing). Any other net: the
+    image the unit decodes to, the reconstruction of the code with only that unit on, less
+    that of the all-zero code."""
+    if isinstance(model.encoder, nn.Linear):
+        tiles = model.encoder.weight.detach().cpu() * pixel_std  # [H, 784] * [784]
+    else:
+        units = torch.eye(model.hparams.net["latent_space"])
+        codes = torch.cat([units, torch.zeros(1, len(units))]).to(model.device)  # [H + 1, H]
+        decoded = torch.sigmoid(model.decode(codes)).cpu()
+        tiles = decoded[:-1] - decoded[-1]  # [H, 784]
+    tiles = tiles.view(-1, 1, 28, 28)
     nrow = max(16, math.ceil(math.sqrt(len(tiles))))  # 128 units: 16 x 8; 1024: 32 x 32
     return make_grid(tiles, nrow=nrow, padding=1, normalize=True, scale_each=True, pad_value=1)
 
@@ -139,7 +151,7 @@ class Dashboard(pl.Callback):
         clean, masked, _ = trainer.datamodule.on_after_batch_transfer(batch)
         n = self.num_images
         if self.pixel_std is None:
-            self.pixel_std = trainer.datamodule.val_images.float().std(0) / 255
+            self.pixel_std = to_unit(trainer.datamodule.val_images).std(0)
         grids = {
             "reconstructions": reconstruction_grid(pl_module, clean[:n], masked[:n]),
             "features": feature_grid(pl_module, self.pixel_std),
@@ -164,7 +176,7 @@ class Dashboard(pl.Callback):
         labels = trainer.datamodule.test_labels[: self.projector_digits]
         with torch.inference_mode(False):
             codes = pl_module.codes(images)  # [n, H]
-        digits = images.view(-1, 1, 28, 28).float() / 255  # the sprite's thumbnails
+        digits = to_unit(images).view(-1, 1, 28, 28)  # the sprite's thumbnails
         for writer in writers:
             writer.add_embedding(codes, metadata=labels.tolist(), label_img=digits,
                                  global_step=trainer.global_step, tag="test/codes")  # fmt: skip

@@ -21,6 +21,13 @@ from autoencoders.masks import derive_seed, draw_noise, fixed_keep, keep_mask
 from autoencoders.mnist_files import ensure_dataset
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) -> a new float32 tensor in [0, 1], the same shape."""
+    if images.dtype != torch.uint8:  # (a float tensor would be divided again, in place)
+        raise TypeError(f"to_unit takes uint8 images, not {images.dtype}")
+    return images.float().div_(255)
+
+
 class TrainBatches:
     """The training minibatches of one epoch, `(images uint8 [B, 784], batch index)`, from
     where training stands on.
@@ -220,7 +227,7 @@ class MNISTDataModule(pl.LightningDataModule):
         """uint8 images -> floats in [0, 1]: training (clean, masked), evaluation (clean,
         masked, noise), each [b, 784]."""
         images, extra = batch
-        clean = images.float().div_(255)
+        clean = to_unit(images)
         if isinstance(extra, torch.Tensor):  # evaluation: the fixed noise levels
             keep = fixed_keep(extra, self.eval_noise_prob) if self.eval_noise_prob else None
             masked = clean if keep is None else clean * keep

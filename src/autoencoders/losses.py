@@ -1,4 +1,5 @@
-"""The chapter's losses: reconstruction cross-entropy and the KL sparsity penalty."""
+"""The chapter's losses, reconstruction cross-entropy and the KL sparsity penalty, and the
+statistics of the hidden activations."""
 
 import torch
 import torch.nn.functional as F
@@ -22,3 +23,8 @@ def kl_sparsity(hidden: torch.Tensor, rho: float) -> torch.Tensor:
     rho_hat = hidden.mean(dim=0).clamp(EPS, 1 - EPS)  # [H]
     kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
     return kl.mean()
+
+
+def active_fraction(hidden: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The share of hidden activations at or above `threshold` (the ones zeroing keeps)."""
+    return (hidden >= threshold).float().mean()

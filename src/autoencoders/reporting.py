@@ -33,7 +33,7 @@ def format_table(metrics: dict[str, float]) -> str:
 
 # --- What tells runs apart: the HParams tab's columns and the sweep report's -----------------
 
-GROUP_SETTINGS = ("variant", "optimizer")  # config group choices
+GROUP_SETTINGS = ("net", "variant", "optimizer")  # config group choices
 SETTINGS = (*GROUP_SETTINGS, "noise_prob", "rho", "beta", "learning_rate", "latent_space",
             "batch_size", "seed")  # fmt: skip
 FINAL_METRICS = ("val/bce", "val/bce_masked", "test/bce", "test/bce_masked",
@@ -153,8 +153,9 @@ def plot_robustness(rows: list[dict], path: Path) -> None:
     save(fig, path)
 
 
-def plot_features(rows: list[dict], sweep_dir: Path, path: Path) -> None:
-    """The finished jobs' learned features (each job's features.png) side by side."""
+def plot_features(rows: list[dict], sweep_dir: Path, path: Path) -> bool:
+    """The finished jobs' learned features (each job's features.png) side by side; False
+    (nothing written) when no finished job has a features.png (a sweep run with ~callbacks)."""
     import matplotlib.image
 
     jobs = [
@@ -162,22 +163,28 @@ def plot_features(rows: list[dict], sweep_dir: Path, path: Path) -> None:
         for r in rows
         if r["status"] == "done" and (sweep_dir / r["job"] / "features.png").is_file()
     ]
+    if not jobs:
+        return False
     fig, axes = new_axes(ncols=len(jobs), figsize=(3.6 * len(jobs), 2.3))
     for ax, row in zip(axes, jobs, strict=True):
         ax.imshow(matplotlib.image.imread(sweep_dir / row["job"] / "features.png"))
         ax.set_title(f"{row['job']}\ntest/bce {row['test/bce']:.4f}", fontsize="small")
         ax.axis("off")
     save(fig, path)
+    return True
 
 
-def write_sweep_report(sweep_dir: Path) -> list[dict]:
+def write_sweep_report(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     """report.md, report.csv and the plots report.png (test/bce against noise_prob),
-    robustness.png and features.png in `sweep_dir`; returns the rows."""
+    robustness.png and features.png in `sweep_dir`; returns the rows and the files written."""
     rows = collect_jobs(sweep_dir)
     (sweep_dir / "report.md").write_text(markdown_table(rows) + "\n")
     write_csv(rows, sweep_dir / "report.csv")
+    written = ["report.md", "report.csv"]
     if any(r["status"] == "done" for r in rows):
         plot_bce_against_noise(rows, sweep_dir / "report.png")
         plot_robustness(rows, sweep_dir / "robustness.png")
-        plot_features(rows, sweep_dir, sweep_dir / "features.png")
-    return rows
+        written += ["report.png", "robustness.png"]
+        if plot_features(rows, sweep_dir, sweep_dir / "features.png"):
+            written.append("features.png")
+    return rows, written
