@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from autoencoders.data import MNISTDataModule
-from autoencoders.losses import reconstruction_bce
+from autoencoders.checkpoints import load_trained
+from autoencoders.data import to_unit
 from autoencoders.model import Autoencoder
 
 
@@ -25,8 +25,8 @@ def bce(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
     """Mean BCE over uint8 images [N, 784], summed in chunks of 5,000 (with gradients)."""
     total = 0.0
     for chunk in images.split(5000):
-        clean = chunk.float().div_(255)
-        total = total + reconstruction_bce(model.decode(model.encode(clean)), clean) * len(chunk)
+        clean = to_unit(chunk)
+        total = total + model.bce(clean, clean) * len(chunk)
     return total / len(images)
 
 
@@ -38,8 +38,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=15, help="L-BFGS iterations a round")
     args = parser.parse_args()
 
-    model = Autoencoder.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    data = MNISTDataModule.load_from_checkpoint(args.checkpoint, data_dir=args.data_dir)
+    model, data = load_trained(args.checkpoint, data_dir=args.data_dir)
     data.setup()
     optimizer = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=args.iterations,
                                   history_size=50, line_search_fn="strong_wolfe",

@@ -1,13 +1,15 @@
-"""Speed benchmark: the project's training (A) against a minimal hand-written loop (B) and,
-given a Python with TensorFlow, the chapter's TF1 code (C, benchmarks/tf1_chapter.py).
+"""Speed benchmark: the project's training (A) against a minimal hand-written loop of the same
+net (B) and, given a Python with TensorFlow, the chapter's TF1 code (C, benchmarks/tf1_chapter.py,
+for net=chapter).
 
-    python benchmarks/speed.py --data-dir data                      # 10,000 steps, 3 variants
-    python benchmarks/speed.py --data-dir data --steps 5000 --tf1-python /tmp/tf/bin/python
+    python benchmarks/speed.py --data-dir data          # 10,000 steps, 3 nets x 3 variants
+    python benchmarks/speed.py --data-dir data --nets chapter --steps 5000 \
+        --tf1-python /tmp/tf/bin/python
 
 A/B is measured inside one process: A's training runs with B (minimal_loop.MinimalLoop) in
 alternating windows of 250 optimizer steps each (benchmarks/step_timer.py), so both meet
 the machine in the same state; A/B is A's time over B's, all windows summed (A's validation
-left out; its logging and checkpoints counted). For each variant, each repeat also runs A,
+left out; its logging and checkpoints counted). For each net and variant, each repeat also runs A,
 B (and C) alone, each in a fresh process, and the script prints the median of each figure:
 - ms/step, interleaved and alone (from the first to the last training step, A without its
   validation time);
@@ -49,12 +51,13 @@ def run(command: list[str], env: dict | None = None) -> tuple[float, float, str]
     return start, time.time() - start, usage.ru_maxrss / 1024, stdout
 
 
-def run_project(variant: str, args, workdir: Path, tag: str, interleaved: bool) -> dict:
+def run_project(net: str, variant: str, args, workdir: Path, tag: str, interleaved: bool) -> dict:
     """A, alone or with B's steps in alternating windows (then also B's ms/step)."""
     timer = workdir / f"{tag}-timer.json"
     run_dir = workdir / tag
     command = [
-        sys.executable, "src/train.py", f"variant={variant}", f"data.data_dir={args.data_dir}",
+        sys.executable, "src/train.py", f"net={net}", f"variant={variant}",
+        f"data.data_dir={args.data_dir}",
         f"trainer.max_steps={args.steps}", f"hydra.run.dir={run_dir}",
         "+callbacks.step_timer._target_=step_timer.StepTimer",
         f"+callbacks.step_timer.path={timer}",
@@ -63,6 +66,7 @@ def run_project(variant: str, args, workdir: Path, tag: str, interleaved: bool) 
     if interleaved:
         command += [f"+callbacks.step_timer.data_dir={args.data_dir}",
                     f"+callbacks.step_timer.variant={variant}",
+                    f"+callbacks.step_timer.net={net}",
                     f"+callbacks.step_timer.window={STEP_WINDOW}"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT / "benchmarks"))
     start, wall, rss, _ = run(command, env)
@@ -79,11 +83,17 @@ def run_project(variant: str, args, workdir: Path, tag: str, interleaved: bool) 
 
 
 def minimal_loop_command(
-    data_dir: str, variant: str, steps: int, python=sys.executable, script="minimal_loop"
+    data_dir: str,
+    variant: str,
+    steps: int,
+    python=sys.executable,
+    script="minimal_loop",
+    net: str = "chapter",
 ) -> list[str]:
-    """B's command line (C's: tf1_chapter.py, run by a Python with TensorFlow)."""
-    return [python, f"benchmarks/{script}.py", f"--data-dir={data_dir}",
-            f"--variant={variant}", f"--steps={steps}"]  # fmt: skip
+    """B's command line (C's: tf1_chapter.py, run by a Python with TensorFlow: no `--net`)."""
+    command = [python, f"benchmarks/{script}.py", f"--data-dir={data_dir}",
+               f"--variant={variant}", f"--steps={steps}"]  # fmt: skip
+    return command + ([f"--net={net}"] if script == "minimal_loop" else [])
 
 
 def minimal_loop_result(stdout: str) -> tuple[dict, float]:
@@ -92,8 +102,10 @@ def minimal_loop_result(stdout: str) -> tuple[dict, float]:
     return t, 1000 * (t["last_step"] - t["first_step"]) / t["steps"]
 
 
-def run_minimal(variant: str, args, python: str = sys.executable, script="minimal_loop") -> dict:
-    command = minimal_loop_command(args.data_dir, variant, args.steps, python, script)
+def run_minimal(
+    variant: str, args, python: str = sys.executable, script="minimal_loop", net="chapter"
+) -> dict:
+    command = minimal_loop_command(args.data_dir, variant, args.steps, python, script, net)
     start, wall, rss, stdout = run(command)
     t, ms_per_step = minimal_loop_result(stdout)
     return {"ms_per_step": ms_per_step, "startup_s": t["first_step"] - start,
@@ -110,6 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10000, help=f"a multiple of {STEP_WINDOW}")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["plain", "sparse", "denoising"])
+    parser.add_argument("--nets", nargs="+", default=["chapter", "mlp", "conv"])
     parser.add_argument("--tf1-python", help="a Python with TensorFlow: also time C, the TF1 code")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for A")
     args = parser.parse_args()
@@ -122,40 +135,42 @@ def main() -> None:
     imports = []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in args.variants:
+        for net, variant in [(n, v) for n in args.nets for v in args.variants]:
             mixed, a_runs, b_runs, c_runs = [], [], [], []
+            name = f"{net} {variant}"
             for repeat in range(args.repeats):
                 _, wall, _, _ = run([sys.executable, "-c", BARE_IMPORT])
                 imports.append(wall)
-                mixed.append(run_project(variant, args, Path(tmp), f"{variant}-ab{repeat}", True))
-                a_runs.append(run_project(variant, args, Path(tmp), f"{variant}-a{repeat}", False))
-                b_runs.append(run_minimal(variant, args))
-                if args.tf1_python:
+                tag = f"{net}-{variant}-{repeat}"
+                mixed.append(run_project(net, variant, args, Path(tmp), f"{tag}-ab", True))
+                a_runs.append(run_project(net, variant, args, Path(tmp), f"{tag}-a", False))
+                b_runs.append(run_minimal(variant, args, net=net))
+                if args.tf1_python and net == "chapter":
                     c_runs.append(run_minimal(variant, args, args.tf1_python, "tf1_chapter"))
                 print(
-                    f"  {variant}: A/B {mixed[-1]['ratio']:.2f} ({mixed[-1]['a_ms']:.3f} / "
+                    f"  {name}: A/B {mixed[-1]['ratio']:.2f} ({mixed[-1]['a_ms']:.3f} / "
                     f"{mixed[-1]['b_ms']:.3f} ms/step interleaved); alone: A "
                     f"{a_runs[-1]['ms_per_step']:.3f}, B {b_runs[-1]['ms_per_step']:.3f}"
                     + (f", C {c_runs[-1]['ms_per_step']:.3f}" if c_runs else ""),
                     flush=True,
                 )
             bces = {round(r["test_bce"], 6) for r in mixed + a_runs}
-            rows.append((variant, mixed, a_runs, b_runs, c_runs, bces))
+            rows.append((name, mixed, a_runs, b_runs, c_runs, bces))
 
     import_s = statistics.median(imports)
     print(
         f"\nbare `import torch, lightning.pytorch, hydra, torchvision`: {import_s:.2f} s (median)\n"
     )
-    header = ("variant", "A ms/step", "B ms/step", "A/B", "A/B of each run", "A alone ms/step",
+    header = ("net variant", "A ms/step", "B ms/step", "A/B", "A/B of each run", "A alone ms/step",
               "B alone ms/step", "C ms/step", "C/B alone", "A start-up s", "start-up - import s",
               "B start-up s", "A command s", "A peak MiB", "B peak MiB", "A/B memory",
               "C test/bce", "A test/bce (all runs)")  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for variant, mixed, a, b, c, bces in rows:
+    for name, mixed, a, b, c, bces in rows:
         b_alone = median(b, "ms_per_step")
         c_ms = median(c, "ms_per_step") if c else float("nan")
         cells = (
-            variant, f"{median(mixed, 'a_ms'):.3f}", f"{median(mixed, 'b_ms'):.3f}",
+            name, f"{median(mixed, 'a_ms'):.3f}", f"{median(mixed, 'b_ms'):.3f}",
             f"{median(mixed, 'ratio'):.2f}", ", ".join(f"{r['ratio']:.2f}" for r in mixed),
             f"{median(a, 'ms_per_step'):.3f}", f"{b_alone:.3f}", f"{c_ms:.3f}",
             f"{c_ms / b_alone:.2f}", f"{median(a, 'startup_s'):.2f}",

@@ -12,7 +12,7 @@ class StepTimer(pl.Callback):
     """Writes {first_step, last_step (time.time()), validation_s, steps} to `path`: the
     validations and optimizer steps between this process's first and last training step.
 
-    With `data_dir` and `variant`, every `window` optimizer steps it also runs `window` steps
+    With `data_dir`, `variant` and `net`, every `window` optimizer steps it also runs `window` steps
     of B (`MinimalLoop`) in this process and writes the seconds of each window of A's steps
     (validation excluded; logging and checkpoints included) and of B's: `a_windows`,
     `b_windows`. A and B then alternate every fraction of a second, so a machine whose speed
@@ -20,9 +20,9 @@ class StepTimer(pl.Callback):
     """
 
     def __init__(self, path: str, data_dir: str | None = None, variant: str = "plain",
-                 window: int = 250):  # fmt: skip
+                 net: str = "chapter", window: int = 250):  # fmt: skip
         self.path, self.window = path, window
-        self.minimal = MinimalLoop(data_dir, variant) if data_dir else None
+        self.minimal = MinimalLoop(data_dir, variant, net=net) if data_dir else None
         self.first_step = self.last_step = None
         self.start_step = self.steps = 0  # optimizer steps: where this process started, done
         self.validation_s = 0.0  # before the last training step's end (not the closing one)

@@ -12,9 +12,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from autoencoders.callbacks import LinearProbe
+from autoencoders.checkpoints import load_trained
 from autoencoders.config import check_settings
 from autoencoders.dashboard import Dashboard
-from autoencoders.data import MNISTDataModule, to_unit
+from autoencoders.data import to_unit
 from autoencoders.losses import reconstruction_bce
 from autoencoders.model import Autoencoder
 from autoencoders.reporting import report_run, select
@@ -38,10 +39,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint's weights on the checkpoint's data settings (any `data.*` given
     overrides them); returns the metrics."""
     check_settings(cfg)
-    ckpt = cfg.ckpt_path
-    model = Autoencoder.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     data_overrides = {key: value for key, value in cfg.data.items() if value is not None}
-    datamodule = MNISTDataModule.load_from_checkpoint(ckpt, weights_only=True, **data_overrides)
+    model, datamodule = load_trained(cfg.ckpt_path, **data_overrides)
 
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,

@@ -94,7 +94,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning.pytorch as pl
     import torch
 
+    from autoencoders.checkpoints import check_ckpt_path
+
     check_settings(cfg)
+    check_ckpt_path(cfg)  # before any training: a checkpoint that can't be right is refused
     torch.set_num_threads(threads_per_job(cfg.num_threads))
     if cfg.num_threads:  # so that Lightning's DDP launcher keeps it (else: cores / processes)
         os.environ["OMP_NUM_THREADS"] = str(cfg.num_threads)
@@ -103,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule, model, trainer = build(cfg)
     try:
         check_distributed(cfg, trainer)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         if "val/bce" not in trainer.callback_metrics:  # resumed at max_steps: nothing trained
             trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics = select(trainer.callback_metrics, "val/")
@@ -137,7 +140,11 @@ def exempt_survivors_from_shutdown_gc() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)[cfg.objective]  # what a sweeper (hparams_search=...) minimises
+    try:
+        return train(cfg)[cfg.objective]  # what a sweeper (hparams_search=...) minimises
+    except Exception as error:  # what stopped the run, in its train.log too (Hydra prints the
+        log.error("the run stopped: %s: %s", type(error).__name__, error)  # traceback)
+        raise
 
 
 if __name__ == "__main__":

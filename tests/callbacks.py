@@ -18,6 +18,17 @@ class KillAtStep(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillAt(pl.Callback):
+    """Kills its own process in Lightning hook `hook` at optimizer step `step`."""
+
+    def __init__(self, hook: str, step: int):
+        def kill(trainer, *args, **kwargs):
+            if trainer.global_step == step and not trainer.sanity_checking:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        setattr(self, hook, kill)
+
+
 class SameWeightsOnEveryRank(pl.Callback):
     """Fails a distributed run whose ranks end training with different weights, as they do
     when some optimizer steps skip the gradient all-reduce."""
@@ -73,6 +84,17 @@ class SpoilWeightsAtStart(pl.Callback):
         with torch.no_grad():
             for param in pl_module.parameters():
                 param.add_(torch.randn(param.shape, generator=generator) * self.std)
+
+
+class SpoilWeightsAtStep(pl.Callback):
+    """Adds noise to the weights as training goes past step `step`: later validations worse."""
+
+    def __init__(self, step: int, std: float = 1.0):
+        self.step, self.std = step, std
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            SpoilWeightsAtStart.on_train_start(self, trainer, pl_module)
 
 
 class PoisonOneRank(pl.Callback):

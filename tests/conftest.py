@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,13 @@ def read_run(logdir):
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()
     return {name: multiplexer.GetAccumulator(name) for name in multiplexer.Runs()}
+
+
+def job_dir(sweep_dir: Path, overrides: str) -> Path:
+    """The folder of the sweep job named by `overrides`: a job that sets a path (data.data_dir,
+    ckpt_path) has `,paths=<hash>` after them."""
+    (folder,) = [p for p in sweep_dir.iterdir() if re.sub(r",paths=\w+$", "", p.name) == overrides]
+    return folder
 
 
 def run_script(

@@ -13,34 +13,42 @@ def benchmarks_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
 
 
-def interleaved(timer, data_dir, window: int) -> list[str]:
+def interleaved(timer, data_dir, window: int, net: str = "chapter") -> list[str]:
     """The overrides that make A's run time itself and B in alternating windows."""
     return [
         "+callbacks.step_timer._target_=step_timer.StepTimer",
         f"+callbacks.step_timer.path={timer}",
         f"+callbacks.step_timer.data_dir={data_dir}",
         f"+callbacks.step_timer.window={window}",
+        f"+callbacks.step_timer.net={net}",
     ]
 
 
-def test_the_minimal_loop_trains(mnist_dir, benchmarks_on_path):
+@pytest.mark.parametrize("net", ["chapter", "mlp", "conv"])
+def test_the_minimal_loop_trains_each_net(mnist_dir, benchmarks_on_path, net):
     from minimal_loop import MinimalLoop
 
-    loop = MinimalLoop(str(mnist_dir), "denoising")
+    loop = MinimalLoop(str(mnist_dir), "denoising", net=net)
+    assert type(loop.encoder).__name__ == ("Linear" if net == "chapter" else "Sequential")
     before = loop.test_bce()
     loop.run(30)
     assert loop.test_bce() < before - 0.05
 
 
+@pytest.mark.parametrize("net", ["chapter", "conv"])
 def test_a_and_b_are_timed_in_alternating_windows_without_changing_a(
-    make_cfg, mnist_dir, tmp_path, benchmarks_on_path
+    make_cfg, mnist_dir, tmp_path, benchmarks_on_path, net
 ):
     timer = tmp_path / "timer.json"
-    alone = train(make_cfg(f"paths.output_dir={tmp_path / 'alone'}"))
+    alone = train(make_cfg(f"net={net}", f"paths.output_dir={tmp_path / 'alone'}"))
     together = train(
-        make_cfg(f"paths.output_dir={tmp_path / 'together'}", *interleaved(timer, mnist_dir, 5))
+        make_cfg(
+            f"net={net}",
+            f"paths.output_dir={tmp_path / 'together'}",
+            *interleaved(timer, mnist_dir, 5, net),
+        )  # fmt: skip
     )
-    assert together == alone  # B draws from its own generator: A's run is the same
+    assert together == alone  # B draws from its own generators: A's run is the same
     t = json.loads(timer.read_text())
     assert t["steps"] == 20
     assert len(t["a_windows"]) == len(t["b_windows"]) == 4  # every 5 of 20 steps

@@ -156,6 +156,28 @@ def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
             "callbacks.last_checkpoint.every_n_train_steps=0 is out of range: "
             "it must be an integer >= 1",
         ),
+        ("learning_rate=inf", "learning_rate=inf is out of range: it must be a finite number"),
+        ("beta=inf", "beta=inf is out of range: it must be a finite number"),
+        ("net.init_std=inf", "net.init_std=inf is out of range: it must be a finite number"),
+        ("rho=nan", "rho=nan is out of range: it must be a finite number"),
+        (
+            "data.dataset=CIFAR10",
+            "data.dataset='CIFAR10' is out of range: it must be one of MNIST, FashionMNIST",
+        ),
+        (
+            "callbacks.dashboard.num_images=0",
+            "callbacks.dashboard.num_images=0 is out of range: it must be an integer >= 1",
+        ),
+        (
+            "+trainer.accumulate_grad_batches=0",
+            "trainer.accumulate_grad_batches=0 is out of range: it must be an integer >= 1",
+        ),
+        (  # the synthetic training file holds 5,600 images
+            "data.num_val=5600",
+            "data.num_val=5600 is out of range: it must be an integer in [1, 5536] (the training "
+            "file holds 5600 images, and training needs a batch of 64)",
+        ),
+        ("data.num_val=0", "data.num_val=0 is out of range: it must be an integer >= 1"),
     ],
 )
 def test_bad_settings_name_the_setting_and_allowed_range(make_cfg, override, message):
@@ -178,3 +200,25 @@ def test_run_names_from_overrides_are_usable_folder_names():
     assert "/" not in safe_name("+callbacks.timer.path=/tmp/t.json")
     long = safe_name("x" * 300)
     assert len(long) == 120 and long != safe_name("x" * 299)  # cut, and still distinct
+
+
+def test_jobs_that_set_a_path_get_its_hash_in_their_folder_name():
+    from autoencoders.config import job_folder
+
+    plain = job_folder("variant=plain", ["variant=plain"])
+    a = job_folder("variant=plain", ["variant=plain", "ckpt_path=/runs/a/last.ckpt"])
+    b = job_folder("variant=plain", ["variant=plain", "ckpt_path=/runs/b/last.ckpt"])
+    assert plain == "variant=plain" and a != b and a.startswith("variant=plain,paths=")
+    assert job_folder("", ["data.data_dir=/x"]) != job_folder("", ["data.data_dir=/y"])
+
+
+def test_a_study_is_named_by_its_search_and_the_settings_the_command_fixes():
+    from autoencoders.config import study_name
+
+    assert study_name("denoising", ["hparams_search=denoising"]) == "denoising"
+    assert study_name("denoising", ["data.data_dir=/x", "hparams_search=denoising"]) == "denoising"
+    debug = study_name("denoising", ["trainer=debug", "hparams_search=denoising"])
+    assert debug == "denoising,trainer=debug"
+    assert study_name("denoising", ["trainer.max_steps=5"]) != study_name(
+        "denoising", ["trainer.max_steps=150"]
+    )

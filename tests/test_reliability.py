@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -112,11 +113,11 @@ def test_best_checkpoint_is_the_best_of_the_whole_run_across_a_resume(make_cfg, 
     assert best_checkpoint(tmp_path / "first") == before  # and the first run's is untouched
 
 
-def test_best_checkpoint_keeps_its_score_when_last_was_written_before_the_validation(
+def test_best_checkpoint_keeps_its_score_when_last_is_written_at_a_validated_step(
     make_cfg, tmp_path
 ):
-    """last.ckpt at step 20 is written as the batch ends, before step 20's validation lowers
-    the best score: the resumed run must compare against step 20's score, not step 10's."""
+    """last.ckpt at step 20, a validated step, holds step 20's best score: the resumed run
+    compares against it, not step 10's."""
     common = ["callbacks.last_checkpoint.every_n_train_steps=10"]
     train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
     scores = validations(tmp_path / "first")
@@ -130,6 +131,50 @@ def test_best_checkpoint_keeps_its_score_when_last_was_written_before_the_valida
     after = validations(tmp_path)[21]
     assert scores[20] < after < scores[10]  # worse than the best, better than the stale score
     assert best_checkpoint(tmp_path) == (20, pytest.approx(scores[20]))
+
+
+def killed_and_resumed(mnist_dir, tmp_path, common: list[str], kill: list[str]):
+    """(uninterrupted run, resumed run) directories: the same command, once killed by
+    tests.callbacks.KillAt(`kill`) and resumed from its last.ckpt."""
+    full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
+    common = [f"data.data_dir={mnist_dir}", "trainer=debug", *common]
+    tests = str(REPO_ROOT)  # where tests.callbacks is found
+    result = run_script("train.py", *common, f"hydra.run.dir={full}", pythonpath=tests)
+    assert result.returncode == 0, result.stderr[-2000:]
+    kill = ["+callbacks.kill._target_=tests.callbacks.KillAt", *kill]
+    result = run_script("train.py", *common, *kill, f"hydra.run.dir={crashed}", pythonpath=tests)
+    assert result.returncode == -9, result.stderr[-2000:]
+    last = crashed / "checkpoints" / "last.ckpt"
+    result = run_script(
+        "train.py", *common, f"ckpt_path={last}", f"hydra.run.dir={resumed}", pythonpath=tests
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return full, resumed
+
+
+@pytest.mark.slow
+def test_a_kill_between_a_checkpoint_and_its_validation_loses_nothing(mnist_dir, tmp_path):
+    """Step 20 is checkpointed and validated; its validation is the run's best (the weights
+    are spoiled after it). Killed as that validation starts, the resumed run still has it."""
+    common = ["trainer.max_steps=40", "callbacks.last_checkpoint.every_n_train_steps=10",
+              "learning_rate=0.3", "+callbacks.spoil._target_=tests.callbacks.SpoilWeightsAtStep",
+              "+callbacks.spoil.step=20"]  # fmt: skip
+    kill = ["+callbacks.kill.hook=on_validation_start", "+callbacks.kill.step=20"]
+    full, resumed = killed_and_resumed(mnist_dir, tmp_path, common, kill)
+    assert best_checkpoint(full)[0] == 20  # what the kill could have lost
+    assert best_checkpoint(resumed) == best_checkpoint(full)
+    assert read_metrics(resumed) == read_metrics(full)
+
+
+@pytest.mark.slow
+def test_a_kill_during_the_final_validation_loses_nothing(mnist_dir, tmp_path):
+    common = ["trainer.max_steps=40", "callbacks.last_checkpoint.every_n_train_steps=10",
+              "learning_rate=0.3"]  # fmt: skip
+    kill = ["+callbacks.kill.hook=on_validation_batch_end", "+callbacks.kill.step=40"]
+    full, resumed = killed_and_resumed(mnist_dir, tmp_path, common, kill)
+    assert best_checkpoint(full)[0] == 40  # still improving at the end
+    assert best_checkpoint(resumed) == best_checkpoint(full)
+    assert read_metrics(resumed) == read_metrics(full)
 
 
 def test_a_resume_from_the_end_of_an_epoch_logs_as_an_uninterrupted_run(make_cfg, tmp_path):
@@ -280,6 +325,35 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_p
     with pytest.raises(KeyboardInterrupt):
         writer.save_checkpoint({"global_step": 2}, path)
     assert torch.load(path, weights_only=True) == {"global_step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial left
+
+
+@pytest.mark.parametrize(
+    "thresholds, message",
+    [("[abc]", "thresholds=['abc'] is out of range: it must be [0, 1)"),
+     ("[0.1,1.5]", "thresholds holds 1.5, which is out of range: it must be [0, 1)")],
+)  # fmt: skip
+def test_eval_checks_its_thresholds_before_testing(make_cfg, tmp_path, thresholds, message):
+    from autoencoders.config import SettingError
+
+    train(make_cfg())
+    cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+                                  f"paths.output_dir={tmp_path / 'eval'}",
+                                  f"thresholds={thresholds}"])  # fmt: skip
+    with pytest.raises(SettingError, match=re.escape(message)):
+        evaluate(cfg)
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.slow
+def test_the_error_that_stopped_a_run_is_in_its_log(mnist_dir, tmp_path):
+    result = run_script(
+        "train.py", "optimizer=sgd", "learning_rate=1e38", f"data.data_dir={mnist_dir}",
+        "trainer=debug", f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode != 0
+    log = (tmp_path / "train.log").read_text()
+    assert "the run stopped: DivergenceError: train/loss is inf at step 2" in log
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 import csv
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,11 +16,12 @@ from matplotlib.image import imread
 from autoencoders.config import REPO_ROOT
 from report import main as report_main
 
-from .conftest import run_script
+from .conftest import job_dir, run_script
 
 
 def job_dirs(sweep_dir):
-    return sorted(p.parent.name for p in sweep_dir.glob("*/.hydra"))
+    """The jobs' folder names, less the `,paths=<hash>` of a job that sets a path."""
+    return sorted(re.sub(r",paths=\w+$", "", p.parent.name) for p in sweep_dir.glob("*/.hydra"))
 
 
 @pytest.mark.slow
@@ -50,14 +53,22 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
     ]
     assert float(rows[0]["test/bce"]) <= float(rows[1]["test/bce"])  # best first
     assert {r["variant"] for r in rows[:2]} == {"plain", "denoising"}
-    assert "not done: noise_prob=1.5,trainer=debug,variant=plain" in err
+    assert "not done: noise_prob=1.5,trainer=debug,variant=plain,paths=" in err
     assert out.count("| done |") == 2 and (tmp_path / "report.md").read_text() in out + "\n"
     assert (tmp_path / "report.png").stat().st_size > 0
     assert (tmp_path / "robustness.png").stat().st_size > 0
     two_panels = imread(tmp_path / "features.png").shape[1]
-    rmtree(tmp_path / "noise_prob=0.2,trainer=debug,variant=plain")  # one panel per done job
+    rmtree(job_dir(tmp_path, "noise_prob=0.2,trainer=debug,variant=plain"))  # a panel per done job
     report_main([str(tmp_path)])
     assert imread(tmp_path / "features.png").shape[1] == two_panels // 2
+
+    (
+        job_dir(tmp_path, "noise_prob=0.2,trainer=debug,variant=denoising") / "metrics.json"
+    ).write_text("{")
+    assert report_main([str(tmp_path)]) == 0  # an unreadable metrics.json: that job failed
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert rows[0]["status"].startswith("failed (unreadable metrics.json")
+    assert not list(tmp_path.glob("*.partial"))
 
 
 @pytest.mark.slow
@@ -88,10 +99,9 @@ def test_a_sweep_over_the_nets_reports_each_with_its_features(mnist_dir, tmp_pat
     assert sorted(r["net"] for r in rows) == ["chapter", "conv", "mlp"]
     assert {r["status"] for r in rows} == {"done"}
     assert "features.png" in capsys.readouterr().out
-    assert (
-        imread(tmp_path / "features.png").shape[1]
-        > 2 * imread(tmp_path / "net=chapter,trainer=debug" / "features.png").shape[1]
-    )  # three panels side by side
+    (chapter,) = [r["job"] for r in rows if r["net"] == "chapter"]
+    one_panel = imread(tmp_path / chapter / "features.png").shape[1]
+    assert imread(tmp_path / "features.png").shape[1] > 2 * one_panel  # three side by side
 
 
 @pytest.mark.slow
@@ -105,6 +115,29 @@ def test_a_report_without_pictures_says_what_it_wrote(mnist_dir, tmp_path, capsy
     out = capsys.readouterr().out
     assert "wrote report.md, report.csv, report.png, robustness.png in" in out
     assert not (tmp_path / "features.png").exists()
+
+
+@pytest.mark.slow
+def test_jobs_that_differ_only_in_a_path_get_a_folder_each(mnist_dir, tmp_path):
+    from train import train
+
+    from .conftest import compose_config, tiny_overrides
+
+    trained = tmp_path / "trained"
+    train(compose_config("train", [*tiny_overrides(mnist_dir, trained), "~callbacks.probe"]))
+    for name in ("a", "b"):
+        shutil.copyfile(trained / "checkpoints" / "last.ckpt", tmp_path / f"{name}.ckpt")
+        shutil.copytree(mnist_dir, tmp_path / f"data_{name}")
+    sweep = tmp_path / "sweep"
+    result = run_script(
+        "train.py", "-m", f"ckpt_path={tmp_path / 'a.ckpt'},{tmp_path / 'b.ckpt'}",
+        f"data.data_dir={tmp_path / 'data_a'},{tmp_path / 'data_b'}", "trainer=debug",
+        "~callbacks.probe", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p.parent.name for p in sweep.glob("*/.hydra"))
+    assert len(jobs) == len(set(jobs)) == 4
+    assert len(list(sweep.glob("*/metrics.json"))) == 4
 
 
 @pytest.mark.slow
@@ -134,15 +167,16 @@ def test_joblib_runs_jobs_in_parallel_sharing_the_cores(mnist_dir, tmp_path):
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     threads = max(1, (os.cpu_count() or 1) // 2)
     for job in ("trainer=debug,variant=plain", "trainer=debug,variant=sparse"):
-        assert (tmp_path / job / "metrics.json").is_file()
-        assert f"torch threads: {threads}\n" in (tmp_path / job / "train.log").read_text()
+        assert (job_dir(tmp_path, job) / "metrics.json").is_file()
+        assert f"torch threads: {threads}\n" in (job_dir(tmp_path, job) / "train.log").read_text()
 
 
-def study_trials(root, name: str) -> list:
+def study_trials(root, search: str) -> list:
+    """The trials of the one stored study of `search` under `root`/outputs."""
     import optuna
 
-    storage = f"sqlite:///{root / 'outputs' / name}.db"
-    return optuna.load_study(study_name=name, storage=storage).trials
+    (db,) = (root / "outputs").glob(f"{search}*.db")
+    return optuna.load_study(study_name=db.stem, storage=f"sqlite:///{db}").trials
 
 
 @pytest.mark.slow
@@ -175,6 +209,26 @@ def test_a_search_minimises_its_objective_and_continues_its_stored_study(
     trials = study_trials(tmp_path, search)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 3  # three settings tried
+
+
+@pytest.mark.slow
+def test_a_search_under_other_settings_gets_a_study_of_its_own(mnist_dir, tmp_path):
+    def search(*overrides):
+        result = run_script(
+            "train.py", "-m", "hparams_search=denoising", f"paths.root_dir={tmp_path}",
+            "trainer=debug", f"data.data_dir={mnist_dir}", "~callbacks.probe",
+            "hydra.sweeper.n_trials=1", *overrides,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    search("trainer.max_steps=5")
+    search("trainer.max_steps=3")
+    search("trainer.max_steps=3", "hydra.sweeper.study_name=mine")
+    studies = sorted(p.stem for p in (tmp_path / "outputs").glob("*.db"))
+    assert len(studies) == 3 and "mine" in studies
+    assert all(s.startswith("denoising,") for s in studies if s != "mine")
+    for study in studies:  # one trial each: no search saw another's
+        assert len(study_trials(tmp_path, study)) == 1, study
 
 
 @pytest.mark.slow

@@ -31,8 +31,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         partial = f"{path}.partial"
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, path)
+        finally:  # a failed write (disk full) leaves no partial file behind
+            if os.path.exists(partial):
+                os.remove(partial)
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -78,31 +82,52 @@ class BestCheckpoint(ModelCheckpoint):
 
 class LastCheckpoint(ModelCheckpoint):
     """`last.ckpt`: every `every_n_train_steps` optimizer steps and at the last step (the stock
-    ModelCheckpoint writes it at the end only if it never wrote it before). Like the periodic
-    ones, the last is written as the step's batch ends, where Lightning's loops expect a
-    checkpoint to be resumed from."""
+    ModelCheckpoint writes it at the end only if it never wrote it before).
+
+    It is written as the step's batch ends, where Lightning's loops expect a checkpoint to be
+    resumed from; but when that step is validated, once its validation has ended (and best.ckpt
+    has seen it). Resumed from a checkpoint written before its step's validation, Lightning
+    skips that validation, so a kill in between would lose it from best.ckpt for good."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 1000):
         super().__init__(
             dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps
         )
         self.every = every_n_train_steps
+        self.saved_step = None  # the global step of the last.ckpt written last
+        self.after_validation = False  # this step's last.ckpt waits for its validation
 
     def load_state_dict(self, state_dict: dict) -> None:
         if Path(state_dict.get("dirpath") or "") == Path(self.dirpath):  # else: nothing to keep
             super().load_state_dict(state_dict)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if trainer.global_step == trainer.max_steps and trainer.global_step % self.every:
+        step = trainer.global_step
+        due = step % self.every == 0 or step == trainer.max_steps
+        if not due or step == self.saved_step or self._should_skip_saving_checkpoint(trainer):
+            return  # (with accumulation, one step ends several batches: the first one saves)
+        # Lightning's own decision, which its loop takes right after this hook
+        fit_loop = trainer.fit_loop
+        if fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher):
+            self.after_validation = True
+        else:
             self.write_last(trainer)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.after_validation and not trainer.sanity_checking:
+            self.after_validation = False
+            self.write_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # (the stock one would write last.ckpt here too)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step % self.every and trainer.global_step != trainer.max_steps:
+        if trainer.global_step != self.saved_step:
             self.write_last(trainer)  # stopped early (EarlyStopping, should_stop)
 
     def write_last(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
+        self.saved_step = trainer.global_step
 
 
 class DivergenceError(RuntimeError):

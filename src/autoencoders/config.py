@@ -22,6 +22,36 @@ def safe_name(name: str, max_length: int = 120) -> str:
     return name
 
 
+# Left out of job folder names (too long): a sweep's jobs that differ in one get a hash of them.
+PATH_KEYS = ("data.data_dir", "ckpt_path", "paths.root_dir", "paths.output_dir")
+
+
+def override_key(override: str) -> str:
+    """The key of a command-line override: `+a.b=1` -> `a.b`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def job_folder(override_dirname: str, task_overrides) -> str:
+    """A sweep job's folder name: its overrides, as Hydra's `override_dirname` gives them, and,
+    when the job sets one of PATH_KEYS (left out of that name), a short hash of those values,
+    so that jobs which differ only in a path (ckpt_path=a,b) still get a folder each."""
+    paths = sorted(o for o in task_overrides if override_key(o) in PATH_KEYS)
+    if paths:
+        digest = hashlib.blake2b("\n".join(paths).encode(), digest_size=4).hexdigest()
+        override_dirname = f"{override_dirname},paths={digest}" if override_dirname else digest
+    return safe_name(override_dirname)
+
+
+def study_name(search: str, task_overrides) -> str:
+    """A stored study's default name: the search's, followed by the settings the command line
+    holds fixed (paths aside). A search under other settings (trainer.max_steps=5,
+    trainer=debug) starts a study of its own; the same command again continues its study."""
+    fixed = sorted(
+        o for o in task_overrides if override_key(o) not in (*PATH_KEYS, "hparams_search")
+    )
+    return safe_name(",".join([search, *fixed]))
+
+
 def fused_kernel(accelerator: str) -> bool | None:
     """The optimizers' `fused` for a Lightning accelerator setting: True where the run trains
     on the CPU or a CUDA GPU (torch has fused AdaGrad and Adam kernels for both: one kernel for
@@ -52,10 +82,14 @@ def current_run_settings(*, _root_: DictConfig) -> dict:
 def register_resolvers() -> None:
     """`${repo_root:}`: the repo root, so default paths do not depend on the working dir;
     `${safe_name:...}`: a run name from overrides, usable as a folder name;
+    `${job_folder:...}`: a sweep job's folder name;
+    `${study_name:...}`: a search's stored study;
     `${fused_kernel:...}`: the optimizers' `fused` for an accelerator setting;
     `${run_settings:}`: the run's settings that the HParams tab shows."""
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
+    OmegaConf.register_new_resolver("job_folder", job_folder, replace=True)
+    OmegaConf.register_new_resolver("study_name", study_name, replace=True)
     OmegaConf.register_new_resolver("fused_kernel", fused_kernel, replace=True)
     OmegaConf.register_new_resolver("run_settings", current_run_settings, replace=True)
 
@@ -120,20 +154,35 @@ RANGES = {
     "net.hidden": COUNT,  # each of the list
     "net.channels": COUNT,
     "scheduler.cooldown_fraction": Range(0, 1, low_open=True),
+    "optimizer.momentum": Range(0, 1, high_open=True),
+    "optimizer.weight_decay": Range(0),
+    "optimizer.adam_lr": POSITIVE,
+    "trainer.accumulate_grad_batches": COUNT,
+    "trainer.log_every_n_steps": COUNT,
+    "trainer.gradient_clip_val": Range(0),
+    "data.num_val": COUNT,  # and below the training file's size: check_data_sizes
+    "data.eval_mask_seed": Range(0, 2**63 - 1, integer=True),
     "callbacks.last_checkpoint.every_n_train_steps": COUNT,
+    "callbacks.dashboard.num_images": COUNT,
+    "callbacks.dashboard.projector_digits": Range(0, integer=True),
+    "thresholds": PROBABILITY,  # (eval.py's zeroing curve) each of the list
 }
+NAMES = {"data.dataset": ("MNIST", "FashionMNIST")}  # torchvision's classes in the MNIST format
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def check_settings(cfg: DictConfig) -> None:
     """Raise SettingError naming the setting, its value and the allowed range. A setting
     that is absent or null is not checked."""
-    compile_mode = OmegaConf.select(cfg, "model.compile")
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise SettingError(
-            f"model.compile={compile_mode!r} is out of range: it must be null or one of "
-            f"{', '.join(COMPILE_MODES)}"
-        )
+    check_finite(cfg)
+    for key, names in {**NAMES, "model.compile": COMPILE_MODES}.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in names:
+            raise SettingError(
+                f"{key}={value!r} is out of range: it must be "
+                + ("null or " if key == "model.compile" else "")
+                + f"one of {', '.join(names)}"
+            )
     for key, allowed in RANGES.items():
         value = OmegaConf.select(cfg, key)
         values = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else [value]
@@ -141,6 +190,45 @@ def check_settings(cfg: DictConfig) -> None:
             if one is not None and not allowed.allows(one):
                 what = f"{key}={value!r}" if len(values) == 1 else f"{key} holds {one!r}, which"
                 raise SettingError(f"{what} is out of range: it must be {allowed}")
+    check_data_sizes(cfg)
+
+
+def check_finite(node, prefix: str = "") -> None:
+    """Every number in the config (hydra's own settings aside) finite: no nan or inf."""
+    items = node.items_ex(resolve=False) if OmegaConf.is_dict(node) else enumerate(node)
+    for key, _ in items:
+        name = f"{prefix}{key}" if OmegaConf.is_dict(node) else f"{prefix[:-1]}[{key}]"
+        if name == "hydra":
+            continue
+        try:
+            value = node[key]
+        except Exception:  # an interpolation that only resolves inside a run (${hydra:...})
+            continue
+        if OmegaConf.is_config(value):
+            check_finite(value, f"{name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise SettingError(f"{name}={value} is out of range: it must be a finite number")
+
+
+def check_data_sizes(cfg: DictConfig) -> None:
+    """data.num_val below the size of the training file (whose header tells it; the official
+    60,000 when it is not fetched yet), leaving at least one training batch."""
+    num_val, data_dir = (
+        OmegaConf.select(cfg, "data.num_val"),
+        OmegaConf.select(cfg, "data.data_dir"),
+    )
+    if num_val is None or data_dir is None:
+        return
+    from autoencoders.mnist_files import idx_count, raw_dir
+
+    train_file = raw_dir(data_dir, cfg.data.get("dataset", "MNIST")) / "train-images-idx3-ubyte"
+    size = idx_count(train_file) if train_file.is_file() else 60000
+    batch = OmegaConf.select(cfg, "data.batch_size") or 1
+    if num_val > size - batch:
+        raise SettingError(
+            f"data.num_val={num_val} is out of range: it must be an integer in [1, {size - batch}]"
+            f" (the training file holds {size} images, and training needs a batch of {batch})"
+        )
 
 
 class StudyFolder(Callback):
@@ -154,14 +242,19 @@ class StudyFolder(Callback):
 
 
 class CheckSettingsFirst(Callback):
-    """Hydra callback: check the settings of a single run before Hydra creates its directory.
+    """Hydra callback: check the settings of a single run, and its checkpoint (`ckpt_path`),
+    before Hydra creates its directory.
 
     Hydra turns exceptions in callbacks into warnings, so this exits with the message.
     (Multirun jobs are checked at the start of `train`.)
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from autoencoders.checkpoints import CheckpointError, check_ckpt_path
+
         try:
             check_settings(config)
-        except SettingError as error:
+            if "model" in config:  # train.py's; eval.py reads its checkpoint itself
+                check_ckpt_path(config)
+        except (SettingError, CheckpointError) as error:
             raise SystemExit(f"Error: {error}") from None

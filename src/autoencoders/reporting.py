@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -21,7 +23,17 @@ def report_run(metrics: dict[str, float], output_dir: str | Path) -> None:
 
 def write_metrics(metrics: dict[str, float], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_atomically(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`text` into `path`, whole or not at all: written beside it, then renamed over it."""
+    partial = path.with_name(f"{path.name}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def format_table(metrics: dict[str, float]) -> str:
@@ -60,7 +72,14 @@ def read_job(job_dir: Path, sweep_dir: Path) -> dict:
     row = {"job": str(job_dir.relative_to(sweep_dir)) or ".", **run_settings(config, choices)}
     metrics_file = job_dir / "metrics.json"
     if metrics_file.is_file():
-        row.update(json.loads(metrics_file.read_text()), status="done")
+        try:
+            metrics = json.loads(metrics_file.read_text())
+            if not isinstance(metrics, dict) or "test/bce" not in metrics:
+                raise ValueError("no test/bce in it")
+        except ValueError as error:  # (json's errors are ValueErrors too)
+            row["status"] = f"failed (unreadable metrics.json: {error})"
+            return row
+        row.update(metrics, status="done")
     elif (job_dir / "checkpoints" / "last.ckpt").is_file():
         row["status"] = "failed or unfinished (has checkpoints/last.ckpt)"
     else:
@@ -90,10 +109,11 @@ def markdown_table(rows: list[dict]) -> str:
 def write_csv(rows: list[dict], path: Path) -> None:
     import csv
 
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
 def new_axes(ncols: int = 1, figsize: tuple[float, float] = (6, 4)):
@@ -111,8 +131,13 @@ def save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    partial = path.with_name(f"{path.name}.partial")
+    try:  # whole or not at all, as every file of a report
+        fig.savefig(partial, dpi=120, format="png")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+        plt.close(fig)
 
 
 def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
@@ -178,7 +203,7 @@ def write_sweep_report(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     """report.md, report.csv and the plots report.png (test/bce against noise_prob),
     robustness.png and features.png in `sweep_dir`; returns the rows and the files written."""
     rows = collect_jobs(sweep_dir)
-    (sweep_dir / "report.md").write_text(markdown_table(rows) + "\n")
+    write_atomically(sweep_dir / "report.md", markdown_table(rows) + "\n")
     write_csv(rows, sweep_dir / "report.csv")
     written = ["report.md", "report.csv"]
     if any(r["status"] == "done" for r in rows):
