@@ -16,7 +16,7 @@ from autoencoders.checkpoints import load_trained
 from autoencoders.config import check_settings
 from autoencoders.dashboard import Dashboard
 from autoencoders.data import to_unit
-from autoencoders.losses import reconstruction_bce
+from autoencoders.losses import active_fraction, reconstruction_bce
 from autoencoders.model import Autoencoder
 from autoencoders.reporting import report_run, select
 
@@ -30,7 +30,7 @@ def zeroing_curve(model: Autoencoder, images: torch.Tensor, thresholds) -> dict[
     curve = {}
     for threshold in thresholds:
         logits = model.decode(model.zeroed(codes, threshold))
-        curve[f"test/active_fraction_{threshold}"] = (codes >= threshold).float().mean().item()
+        curve[f"test/active_fraction_{threshold}"] = active_fraction(codes, threshold).item()
         curve[f"test/bce_zeroed_{threshold}"] = reconstruction_bce(logits, clean).item()
     return curve
 

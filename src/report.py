@@ -1,4 +1,7 @@
-"""Gather a sweep's jobs into one table (Markdown + CSV, best first) and plots.
+"""A sweep's report: its jobs best first, its replicates as mean ± sd, and plots.
+
+One table of the jobs (report.md, report.csv); one of the groups of jobs that differ only in
+`seed`, with each metric's mean ± sample sd and n (report.md, replicates.csv).
 
 python src/report.py outputs/multirun/<date>/<time>
 """
@@ -9,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from autoencoders.reporting import markdown_table, write_sweep_report
+from autoencoders.reporting import write_sweep_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, written = write_sweep_report(args.sweep_dir)
     if not rows:
         parser.error(f"no Hydra jobs (folders with .hydra/) under {args.sweep_dir}")
-    print(markdown_table(rows))
+    print((args.sweep_dir / "report.md").read_text(), end="")
     unfinished = [r for r in rows if r["status"] != "done"]
     for row in unfinished:
         print(f"not done: {row['job']}: {row['status']}", file=sys.stderr)

@@ -94,29 +94,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning.pytorch as pl
     import torch
 
-    from autoencoders.checkpoints import check_ckpt_path
+    from autoencoders.checkpoints import verified_copy
 
     check_settings(cfg)
-    check_ckpt_path(cfg)  # before any training: a checkpoint that can't be right is refused
     torch.set_num_threads(threads_per_job(cfg.num_threads))
     if cfg.num_threads:  # so that Lightning's DDP launcher keeps it (else: cores / processes)
         os.environ["OMP_NUM_THREADS"] = str(cfg.num_threads)
     log.info("torch threads: %d", torch.get_num_threads())
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule, model, trainer = build(cfg)
-    try:
-        check_distributed(cfg, trainer)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-        if "val/bce" not in trainer.callback_metrics:  # resumed at max_steps: nothing trained
-            trainer.validate(model, datamodule=datamodule, verbose=False)
-        metrics = select(trainer.callback_metrics, "val/")
-        (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
-        metrics.update(select(test_metrics, "test/"))
-        release_freed_memory()
-        if trainer.is_global_zero:  # one metrics.json per run, however many processes
-            report_run(metrics, cfg.paths.output_dir)
-    finally:
-        finish_wandb_run(trainer)  # a failed job's too, so the next job gets a run of its own
+    # a checkpoint that can't be right is refused before anything is built
+    with verified_copy(cfg.ckpt_path, cfg.model) as ckpt_path:
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule, model, trainer = build(cfg)
+        try:
+            check_distributed(cfg, trainer)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            if "val/bce" not in trainer.callback_metrics:  # resumed at max_steps: none trained
+                trainer.validate(model, datamodule=datamodule, verbose=False)
+            metrics = select(trainer.callback_metrics, "val/")
+            (test_metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+            metrics.update(select(test_metrics, "test/"))
+            release_freed_memory()
+            if trainer.is_global_zero:  # one metrics.json per run, however many processes
+                report_run(metrics, cfg.paths.output_dir)
+        finally:
+            finish_wandb_run(trainer)  # a failed job's too: the next job gets a run of its own
     return metrics
 
 

@@ -1,6 +1,7 @@
 """Checkpoints are data: loaded weights-only from disk and URLs, refused with their reason when
 they cannot be right, before any training."""
 
+import contextlib
 import functools
 import http.server
 import pathlib
@@ -80,7 +81,12 @@ def test_lightning_itself_loads_weights_only(make_cfg, tmp_path, serve, monkeypa
     import autoencoders.checkpoints
 
     path, marker = crafted(tmp_path)
-    monkeypatch.setattr(autoencoders.checkpoints, "check_ckpt_path", lambda cfg: None)
+
+    @contextlib.contextmanager
+    def unchecked(path, model_cfg):
+        yield path
+
+    monkeypatch.setattr(autoencoders.checkpoints, "verified_copy", unchecked)
     with pytest.raises(pickle.UnpicklingError):
         train(make_cfg(f"ckpt_path={serve(path)}"))
     assert not marker.exists()
@@ -146,13 +152,37 @@ def test_resuming_with_other_settings_names_them_before_training(
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_a_checkpoint_from_before_the_net_setting_is_refused_by_name(trained, tmp_path):
+    checkpoint = torch.load(trained, weights_only=True)
+    del checkpoint["hyper_parameters"]["net"]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    for load in (read_checkpoint, load_trained):
+        with pytest.raises(CheckpointError, match=rf"ckpt_path={old} has no net config"):
+            load(str(old))
+
+
+def test_training_resumes_from_the_bytes_that_were_checked(trained, tmp_path, make_cfg):
+    from autoencoders.checkpoints import verified_copy
+
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(trained.read_bytes())
+    with verified_copy(str(path), make_cfg().model) as copy:
+        path.write_bytes(b"replaced after the check")  # a URL that answers otherwise, say
+        assert open(copy, "rb").read() == trained.read_bytes()
+    assert not pathlib.Path(copy).exists()  # the copy is gone after training
+
+
 @pytest.mark.slow
-def test_a_bad_checkpoint_stops_the_script_before_the_run_folder_exists(tmp_path, mnist_dir):
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_a_bad_checkpoint_stops_the_script_before_the_run_folder_exists(
+    tmp_path, mnist_dir, script
+):
     text = tmp_path / "notes.ckpt"
     text.write_text("my notes\n")
     run_dir = tmp_path / "run"
     result = run_script(
-        "train.py", f"ckpt_path={text}", f"data.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}"
+        script, f"ckpt_path={text}", f"data.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}"
     )
     assert result.returncode != 0
     assert f"ckpt_path={text} is not a checkpoint" in result.stderr

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
@@ -178,6 +180,29 @@ def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
             "file holds 5600 images, and training needs a batch of 64)",
         ),
         ("data.num_val=0", "data.num_val=0 is out of range: it must be an integer >= 1"),
+        ("data.batch_size=0", "data.batch_size=0 is out of range: it must be an integer >= 1"),
+        ("net.latent_space=0", "net.latent_space=0 is out of range: it must be an integer >= 1"),
+        (
+            "net=conv net.channels=[]",
+            "net.channels=[] is out of range: it must be a non-empty list, [a, b, ...]",
+        ),
+        ("optimizer.lr=-1", "optimizer.lr=-1 is out of range: it must be > 0"),
+        (
+            "+trainer.max_epochs=0",
+            "trainer.max_epochs=0 is out of range: it must be an integer >= 1",
+        ),
+        (
+            "+trainer.limit_train_batches=0",
+            "trainer.limit_train_batches=0 is out of range: it must be > 0",
+        ),
+        (
+            "+trainer.limit_val_batches=0",
+            "trainer.limit_val_batches=0 is out of range: it must be > 0",
+        ),
+        (
+            "scheduler=cosine scheduler.T_max=0",
+            "scheduler.T_max=0 is out of range: it must be an integer >= 1",
+        ),
     ],
 )
 def test_bad_settings_name_the_setting_and_allowed_range(make_cfg, override, message):
@@ -202,6 +227,24 @@ def test_run_names_from_overrides_are_usable_folder_names():
     assert len(long) == 120 and long != safe_name("x" * 299)  # cut, and still distinct
 
 
+def test_folder_names_never_coincide_for_different_runs():
+    from autoencoders.config import safe_name
+
+    assert safe_name("x=a/b") != safe_name("x=a_b") == "x=a_b"
+    assert "/" not in safe_name("x=a/b")
+
+
+def test_a_damaged_training_file_is_named_before_the_run(make_cfg, tmp_path, mnist_dir):
+    import shutil
+
+    from autoencoders.mnist_files import DataFileError, raw_dir
+
+    shutil.copytree(mnist_dir, tmp_path / "data")
+    (raw_dir(tmp_path / "data") / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(DataFileError, match="train-images-idx3-ubyte is not an IDX image file"):
+        check_settings(make_cfg(f"data.data_dir={tmp_path / 'data'}"))
+
+
 def test_jobs_that_set_a_path_get_its_hash_in_their_folder_name():
     from autoencoders.config import job_folder
 
@@ -216,9 +259,22 @@ def test_a_study_is_named_by_its_search_and_the_settings_the_command_fixes():
     from autoencoders.config import study_name
 
     assert study_name("denoising", ["hparams_search=denoising"]) == "denoising"
-    assert study_name("denoising", ["data.data_dir=/x", "hparams_search=denoising"]) == "denoising"
+    assert study_name("denoising", ["paths.root_dir=/x", "hparams_search=denoising"]) == "denoising"
+    assert study_name("denoising", ["data.data_dir=/x"]) != study_name(
+        "denoising", ["data.data_dir=/y"]
+    )
     debug = study_name("denoising", ["trainer=debug", "hparams_search=denoising"])
     assert debug == "denoising,trainer=debug"
     assert study_name("denoising", ["trainer.max_steps=5"]) != study_name(
         "denoising", ["trainer.max_steps=150"]
     )
+
+
+@pytest.mark.parametrize("config_name", ["train", "eval"])
+def test_run_folders_are_named_to_the_microsecond(config_name, mnist_dir):
+    """Two runs started in the same second get a folder each."""
+    from .conftest import compose_config
+
+    cfg = compose_config(config_name, [f"ckpt_path={mnist_dir}"] if config_name == "eval" else [])
+    for folder in (cfg.hydra.run.dir, cfg.hydra.sweep.dir):
+        assert re.search(r"/\d\d-\d\d-\d\d-\d{6}$", folder), folder

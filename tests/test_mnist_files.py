@@ -172,6 +172,24 @@ def test_missing_files_that_cannot_be_fetched_are_named_and_the_rest_kept(tmp_pa
     assert {p.name: p.read_bytes() for p in raw_dir(data).iterdir()} == theirs
 
 
+def test_fetched_files_that_do_not_go_with_the_ones_there_are_not_moved_in(tmp_path, monkeypatch):
+    data = write_synthetic_mnist(tmp_path / "data")  # 300 test images
+    (raw_dir(data) / "t10k-labels-idx1-ubyte").unlink()
+    theirs = {p.name: p.read_bytes() for p in raw_dir(data).iterdir()}
+
+    def download(data_dir, dataset="MNIST"):  # a complete set, but of 299 test images
+        write_synthetic_mnist(data_dir)
+        mnist_files.write_idx(raw_dir(data_dir) / "t10k-labels-idx1-ubyte", np.zeros(299, np.uint8))
+        mnist_files.write_idx(
+            raw_dir(data_dir) / "t10k-images-idx3-ubyte", np.zeros((299, 28, 28), np.uint8)
+        )
+
+    monkeypatch.setattr(mnist_files, "download_with_torchvision", download)
+    with pytest.raises(DataFileError, match=r"do not go together.*Nothing was moved"):
+        ensure_dataset(data)
+    assert {p.name: p.read_bytes() for p in raw_dir(data).iterdir()} == theirs
+
+
 def test_a_split_whose_images_and_labels_differ_in_number_is_refused(tmp_path):
     data = write_synthetic_mnist(tmp_path / "data")
     labels = raw_dir(data) / "t10k-labels-idx1-ubyte"

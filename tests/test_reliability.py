@@ -331,7 +331,9 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_p
 @pytest.mark.parametrize(
     "thresholds, message",
     [("[abc]", "thresholds=['abc'] is out of range: it must be [0, 1)"),
-     ("[0.1,1.5]", "thresholds holds 1.5, which is out of range: it must be [0, 1)")],
+     ("[0.1,1.5]", "thresholds holds 1.5, which is out of range: it must be [0, 1)"),
+     ("0.1", "thresholds=0.1 is out of range: it must be a non-empty list, [a, b, ...]"),
+     ("null", "thresholds=None is out of range: it must be a non-empty list, [a, b, ...]")],
 )  # fmt: skip
 def test_eval_checks_its_thresholds_before_testing(make_cfg, tmp_path, thresholds, message):
     from autoencoders.config import SettingError

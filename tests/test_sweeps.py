@@ -113,7 +113,7 @@ def test_a_report_without_pictures_says_what_it_wrote(mnist_dir, tmp_path, capsy
     assert result.returncode == 0, result.stderr[-2000:]
     assert report_main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "wrote report.md, report.csv, report.png, robustness.png in" in out
+    assert "wrote report.md, report.csv, replicates.csv, report.png, robustness.png in" in out
     assert not (tmp_path / "features.png").exists()
 
 
@@ -151,7 +151,7 @@ def test_two_sweeps_started_at_the_same_time_do_not_collide(mnist_dir, tmp_path)
     sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert len(sweeps) == 2
     assert all(
-        (sweep / "seed=0,trainer.max_steps=2,trainer=debug" / "metrics.json").is_file()
+        (job_dir(sweep, "seed=0,trainer.max_steps=2,trainer=debug") / "metrics.json").is_file()
         for sweep in sweeps
     )
 
@@ -175,7 +175,10 @@ def study_trials(root, search: str) -> list:
     """The trials of the one stored study of `search` under `root`/outputs."""
     import optuna
 
-    (db,) = (root / "outputs").glob(f"{search}*.db")
+    dbs = list((root / "outputs").glob(f"{search}*.db"))
+    if not dbs:
+        raise KeyError(f"no study of {search} (yet)")
+    (db,) = dbs
     return optuna.load_study(study_name=db.stem, storage=f"sqlite:///{db}").trials
 
 

@@ -5,6 +5,7 @@ step's validation, the schedule of a resumed run) and the linear probe."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -96,6 +97,7 @@ class LastCheckpoint(ModelCheckpoint):
         self.every = every_n_train_steps
         self.saved_step = None  # the global step of the last.ckpt written last
         self.after_validation = False  # this step's last.ckpt waits for its validation
+        self.logged_steps = 0  # added to the loop's logging step in the last.ckpt being written
 
     def load_state_dict(self, state_dict: dict) -> None:
         if Path(state_dict.get("dirpath") or "") == Path(self.dirpath):  # else: nothing to keep
@@ -106,9 +108,7 @@ class LastCheckpoint(ModelCheckpoint):
         due = step % self.every == 0 or step == trainer.max_steps
         if not due or step == self.saved_step or self._should_skip_saving_checkpoint(trainer):
             return  # (with accumulation, one step ends several batches: the first one saves)
-        # Lightning's own decision, which its loop takes right after this hook
-        fit_loop = trainer.fit_loop
-        if fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher):
+        if validation_follows(trainer):
             self.after_validation = True
         else:
             self.write_last(trainer)
@@ -116,7 +116,11 @@ class LastCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.after_validation and not trainer.sanity_checking:
             self.after_validation = False
-            self.write_last(trainer)
+            # Resumed from here, Lightning counts this batch's logging step again unless it
+            # sees the batch as one it validates (an interval's, not a stop's): count it here.
+            with stopping(trainer, False):
+                recount = not validation_follows(trainer)
+            self.write_last(trainer, logged_steps=1 if recount else 0)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pass  # (the stock one would write last.ckpt here too)
@@ -125,9 +129,35 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.global_step != self.saved_step:
             self.write_last(trainer)  # stopped early (EarlyStopping, should_stop)
 
-    def write_last(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
+    def write_last(self, trainer: pl.Trainer, logged_steps: int = 0) -> None:
+        self.logged_steps = logged_steps
+        try:
+            trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
+        finally:
+            self.logged_steps = 0
         self.saved_step = trainer.global_step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.logged_steps:  # (only in last.ckpt: write_last's)
+            epoch_loop = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]
+            epoch_loop["_batches_that_stepped"] += self.logged_steps
+
+
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether Lightning validates right after this training batch: its own decision (a private
+    function of its loop), which it takes right after on_train_batch_end."""
+    fit_loop = trainer.fit_loop
+    return fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher)
+
+
+@contextlib.contextmanager
+def stopping(trainer: pl.Trainer, value: bool):
+    """trainer.should_stop set to `value` for the block."""
+    before, trainer.should_stop = trainer.should_stop, value
+    try:
+        yield
+    finally:
+        trainer.should_stop = before
 
 
 class DivergenceError(RuntimeError):

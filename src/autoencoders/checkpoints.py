@@ -8,8 +8,10 @@ than loaded with garbage in its weights.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
+import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -84,6 +86,11 @@ def checked_file(path: str) -> tuple[bytes, dict]:
             f"ckpt_path={path} is not a checkpoint of this project: it has no state_dict and "
             "hyper_parameters (a Lightning checkpoint of an Autoencoder has both)"
         )
+    if "net" not in checkpoint["hyper_parameters"]:
+        raise CheckpointError(
+            f"ckpt_path={path} has no net config: it was written before networks became a "
+            "setting (net=...), or by another program"
+        )
     for name, tensor in checkpoint["state_dict"].items():
         if torch.is_tensor(tensor) and tensor.is_floating_point() and not tensor.isfinite().all():
             raise CheckpointError(
@@ -113,11 +120,6 @@ def check_resume(path: str, checkpoint: dict, model_cfg: DictConfig) -> None:
     weights would not fit, or the optimizer's state would silently override the new settings."""
     saved = checkpoint["hyper_parameters"]
     current = OmegaConf.to_container(model_cfg, resolve=True)
-    if "net" not in saved:
-        raise CheckpointError(
-            f"ckpt_path={path} has no net config: it was written before networks became a "
-            "setting, or by another program"
-        )
     if net_name(saved["net"]) != net_name(current["net"]):
         found = [f"net={net_name(saved['net'])} (this run: net={net_name(current['net'])})"]
     else:
@@ -137,6 +139,25 @@ def check_resume(path: str, checkpoint: dict, model_cfg: DictConfig) -> None:
 
 
 def check_ckpt_path(cfg: DictConfig) -> None:
-    """A run with `ckpt_path`: its checkpoint read and checked against the run's settings."""
+    """A run with `ckpt_path`: its checkpoint read and checked (a training run's: against the
+    run's settings too)."""
     if cfg.get("ckpt_path"):
-        check_resume(cfg.ckpt_path, read_checkpoint(cfg.ckpt_path), cfg.model)
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        if "model" in cfg:
+            check_resume(cfg.ckpt_path, checkpoint, cfg.model)
+
+
+@contextlib.contextmanager
+def verified_copy(path: str | None, model_cfg: DictConfig):
+    """A local copy of the checkpoint at `path`, made of the very bytes that were checked
+    (against `model_cfg` too), for Lightning to resume from: a file replaced, or a URL that
+    answers differently, after the check cannot slip through. None without a checkpoint."""
+    if not path:
+        yield None
+        return
+    data, checkpoint = checked_file(path)
+    check_resume(path, checkpoint, model_cfg)
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
+        copy = Path(folder) / "resume.ckpt"
+        copy.write_bytes(data)
+        yield str(copy)

@@ -14,12 +14,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # src/autoencoders/config.py ->
 
 
 def safe_name(name: str, max_length: int = 120) -> str:
-    """`name` usable as one folder name: no slashes; if too long, cut and suffixed by a hash."""
-    name = name.replace("/", "_")
-    if len(name) > max_length:
+    """`name` usable as one folder name: with a slash replaced, or cut when too long, it gets
+    a hash of the original name, so that two names never give the same folder."""
+    safe = name.replace("/", "_")
+    if safe != name or len(safe) > max_length:
         digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
-        name = f"{name[: max_length - 9]}-{digest}"
-    return name
+        safe = f"{safe[: max_length - 9]}-{digest}"
+    return safe
 
 
 # Left out of job folder names (too long): a sweep's jobs that differ in one get a hash of them.
@@ -44,11 +45,11 @@ def job_folder(override_dirname: str, task_overrides) -> str:
 
 def study_name(search: str, task_overrides) -> str:
     """A stored study's default name: the search's, followed by the settings the command line
-    holds fixed (paths aside). A search under other settings (trainer.max_steps=5,
-    trainer=debug) starts a study of its own; the same command again continues its study."""
-    fixed = sorted(
-        o for o in task_overrides if override_key(o) not in (*PATH_KEYS, "hparams_search")
-    )
+    holds fixed (where outputs go aside). A search under other settings (trainer.max_steps=5,
+    trainer=debug, another data.data_dir) starts a study of its own; the same command again
+    continues its study."""
+    where = ("paths.root_dir", "paths.output_dir", "hparams_search")
+    fixed = sorted(o for o in task_overrides if override_key(o) not in where)
     return safe_name(",".join([search, *fixed]))
 
 
@@ -142,6 +143,9 @@ RANGES = {
     "learning_rate": POSITIVE,
     "latent_space": COUNT,
     "batch_size": COUNT,
+    "net.latent_space": COUNT,  # the full paths too: net.latent_space=0 bypasses latent_space
+    "data.batch_size": COUNT,
+    "optimizer.lr": POSITIVE,
     "seed": Range(0, 2**32 - 1, integer=True),
     "num_threads": COUNT,
     "trainer.max_steps": COUNT,
@@ -160,6 +164,11 @@ RANGES = {
     "trainer.accumulate_grad_batches": COUNT,
     "trainer.log_every_n_steps": COUNT,
     "trainer.gradient_clip_val": Range(0),
+    "trainer.max_epochs": COUNT,  # (max_steps ends the run; an epoch limit may only add to it)
+    "trainer.limit_train_batches": POSITIVE,
+    "trainer.limit_val_batches": POSITIVE,  # every run validates: best.ckpt, val/bce
+    "trainer.limit_test_batches": POSITIVE,
+    "scheduler.T_max": COUNT,
     "data.num_val": COUNT,  # and below the training file's size: check_data_sizes
     "data.eval_mask_seed": Range(0, 2**63 - 1, integer=True),
     "callbacks.last_checkpoint.every_n_train_steps": COUNT,
@@ -168,6 +177,8 @@ RANGES = {
     "thresholds": PROBABILITY,  # (eval.py's zeroing curve) each of the list
 }
 NAMES = {"data.dataset": ("MNIST", "FashionMNIST")}  # torchvision's classes in the MNIST format
+LISTS = ("thresholds", "model.robustness_levels", "net.hidden", "net.channels")  # (each checked)
+NON_EMPTY = ("thresholds", "net.channels")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -183,6 +194,15 @@ def check_settings(cfg: DictConfig) -> None:
                 + ("null or " if key == "model.compile" else "")
                 + f"one of {', '.join(names)}"
             )
+    for key in LISTS:
+        value = OmegaConf.select(cfg, key, default=KeyError)
+        if value is KeyError:
+            continue
+        if not (OmegaConf.is_list(value) or isinstance(value, list | tuple)) or (
+            key in NON_EMPTY and not len(value)
+        ):
+            kind = "a non-empty list" if key in NON_EMPTY else "a list"
+            raise SettingError(f"{key}={value!r} is out of range: it must be {kind}, [a, b, ...]")
     for key, allowed in RANGES.items():
         value = OmegaConf.select(cfg, key)
         values = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else [value]
@@ -219,9 +239,11 @@ def check_data_sizes(cfg: DictConfig) -> None:
     )
     if num_val is None or data_dir is None:
         return
-    from autoencoders.mnist_files import idx_count, raw_dir
+    from autoencoders.mnist_files import check_idx_file, idx_count, raw_dir
 
     train_file = raw_dir(data_dir, cfg.data.get("dataset", "MNIST")) / "train-images-idx3-ubyte"
+    if train_file.is_file():
+        check_idx_file(train_file)  # a DataFileError naming the file, if it is damaged
     size = idx_count(train_file) if train_file.is_file() else 60000
     batch = OmegaConf.select(cfg, "data.batch_size") or 1
     if num_val > size - batch:
@@ -251,10 +273,10 @@ class CheckSettingsFirst(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from autoencoders.checkpoints import CheckpointError, check_ckpt_path
+        from autoencoders.mnist_files import DataFileError
 
         try:
             check_settings(config)
-            if "model" in config:  # train.py's; eval.py reads its checkpoint itself
-                check_ckpt_path(config)
-        except (SettingError, CheckpointError) as error:
+            check_ckpt_path(config)
+        except (SettingError, CheckpointError, DataFileError) as error:
             raise SystemExit(f"Error: {error}") from None

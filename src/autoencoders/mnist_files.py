@@ -110,21 +110,24 @@ def idx_count(path: Path) -> int:
         return struct.unpack(">I", f.read(8)[4:])[0]
 
 
+def check_split_counts(files: dict[str, Path]) -> None:
+    """Each split's images and labels (file name -> path) hold the same number of items."""
+    for split in ("train", "t10k"):
+        images, labels = files[f"{split}-images-idx3-ubyte"], files[f"{split}-labels-idx1-ubyte"]
+        if idx_count(images) != idx_count(labels):
+            raise DataFileError(
+                f"{images} holds {idx_count(images)} images but {labels} {idx_count(labels)} "
+                "labels: the two files of a split must come from the same set"
+            )
+
+
 def check_files(data_dir: str | Path, dataset: str = "MNIST") -> None:
     """Check the four IDX files, and that each split has a label per image; log (not fail)
     when they differ from the official ones."""
     folder, expected = raw_dir(data_dir, dataset), official_md5(dataset)
     for name in expected:
         check_idx_file(folder / name)
-    for split in ("train", "t10k"):
-        images, labels = (
-            folder / f"{split}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
-        )
-        if idx_count(images) != idx_count(labels):
-            raise DataFileError(
-                f"{images} holds {idx_count(images)} images but {labels} {idx_count(labels)} "
-                "labels: the two files of a split must come from the same set"
-            )
+    check_split_counts({name: folder / name for name in expected})
     differ = [n for n, digest in expected.items() if md5(folder / n) != digest]
     if differ:
         log.warning("%s files in %s differ from the official ones: %s", dataset, folder, differ)
@@ -247,8 +250,18 @@ def ensure_dataset(data_dir: str | Path, dataset: str = "MNIST") -> None:
                     reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
                     log.warning("%s: %s failed: %s", dataset, label, reason)
                     break
+                staged = raw_dir(staging, dataset)
+                combined = {n: (folder if n in present else staged) / n for n in names}
+                try:  # the fetched files must go with the ones already there
+                    check_split_counts(combined)
+                except DataFileError as err:
+                    raise DataFileError(
+                        f"{dataset}: fetched {missing} for {folder}, which holds {present}, but "
+                        f"they do not go together: {err}. Nothing was moved into {folder}: "
+                        "complete the set by hand, or empty the folder to fetch all four."
+                    ) from None
                 for name in missing:
-                    os.replace(raw_dir(staging, dataset) / name, folder / name)
+                    os.replace(staged / name, folder / name)
                 log.info("%s: fetched through %s into %s: %s", dataset, label, folder, missing)
                 check_files(data_dir, dataset)
                 return

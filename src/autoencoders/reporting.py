@@ -1,10 +1,12 @@
-"""Reports: a run's `metrics.json` and final table; a sweep's table (Markdown, CSV) and plot."""
+"""Reports: a run's `metrics.json` and final table; a sweep's tables (Markdown, CSV), one row
+per job and one per group of replicates (jobs that differ only in `seed`), and its plots."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import statistics
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -68,8 +70,10 @@ COLUMNS = ["job", "status", *SETTINGS, *FINAL_METRICS]
 def read_job(job_dir: Path, sweep_dir: Path) -> dict:
     """One job's settings (from `.hydra/`) and final metrics (from `metrics.json`)."""
     config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
-    choices = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
-    row = {"job": str(job_dir.relative_to(sweep_dir)) or ".", **run_settings(config, choices)}
+    hydra = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
+    row = {"job": str(job_dir.relative_to(sweep_dir)) or ".",
+           "group": replicate_group(hydra.overrides.task),
+           **run_settings(config, hydra.runtime.choices)}  # fmt: skip
     metrics_file = job_dir / "metrics.json"
     if metrics_file.is_file():
         try:
@@ -85,6 +89,15 @@ def read_job(job_dir: Path, sweep_dir: Path) -> dict:
     else:
         row["status"] = "failed or unfinished"
     return row
+
+
+def replicate_group(task_overrides) -> str:
+    """The group of a job's replicates: its overrides other than `seed` (every setting the
+    sweep varies, for jobs composed from the same config), as text."""
+    from autoencoders.config import override_key
+
+    others = sorted(o for o in task_overrides if override_key(o) != "seed")
+    return ",".join(others) or "(no overrides)"
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict]:
@@ -106,14 +119,65 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, columns: list[str] = COLUMNS) -> None:
     import csv
 
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_atomically(path, text.getvalue())
+
+
+# --- Replicates: the jobs of a group, as mean +- sample sd and n ---------------------------
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+    """The final metrics the finished jobs report, FINAL_METRICS first."""
+    found = {k for r in rows if r["status"] == "done" for k in r if k.startswith(("val/", "test/"))}
+    return [m for m in FINAL_METRICS if m in found] + sorted(found - set(FINAL_METRICS))
+
+
+def replicate_groups(rows: list[dict]) -> list[dict]:
+    """One row per group of jobs that differ only in `seed` (best first, by mean test/bce):
+    its settings, n (finished jobs), the failed ones, the seeds, and for every metric the
+    mean over the finished jobs and the sample sd (None for a group of one)."""
+    metrics = metric_names(rows)
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    out = []
+    for name, members in groups.items():
+        done = [r for r in members if r["status"] == "done"]
+        group = {key: members[0][key] for key in SETTINGS if key != "seed"}
+        group.update(group=name, n=len(done), failed=len(members) - len(done),
+                     seeds=" ".join(str(r["seed"]) for r in members))  # fmt: skip
+        for metric in metrics:
+            values = [r[metric] for r in done if metric in r]
+            group[metric] = statistics.mean(values) if values else None
+            group[f"{metric} sd"] = statistics.stdev(values) if len(values) > 1 else None
+        out.append(group)
+    best = [g for g in out if g.get("test/bce") is not None]
+    return sorted(best, key=lambda g: g["test/bce"]) + [g for g in out if g not in best]
+
+
+def mean_sd(group: dict, metric: str) -> str:
+    """`mean ± sd` of a group's metric (the mean alone for a group of one)."""
+    mean, sd = group.get(metric), group.get(f"{metric} sd")
+    if mean is None:
+        return ""
+    return f"{mean:.4f}" if sd is None else f"{mean:.4f} ± {sd:.4f}"
+
+
+def groups_table(groups: list[dict], metrics: list[str]) -> str:
+    header = ["group", "n", "failed", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [
+        "| " + " | ".join([g["group"], str(g["n"]), str(g["failed"])]
+                          + [mean_sd(g, m) for m in metrics]) + " |"
+        for g in groups
+    ]  # fmt: skip
+    return "\n".join(lines)
 
 
 def new_axes(ncols: int = 1, figsize: tuple[float, float] = (6, 4)):
@@ -140,38 +204,43 @@ def save(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def plot_bce_against_noise(rows: list[dict], path: Path) -> None:
-    """test/bce against noise_prob, one line per variant."""
+def plot_bce_against_noise(groups: list[dict], path: Path) -> None:
+    """test/bce against noise_prob, one line per variant: each group's mean, its sd as a bar."""
     fig, (ax,) = new_axes()
-    for variant in sorted({r["variant"] for r in rows if r["status"] == "done"}):
+    done = [g for g in groups if g["n"]]
+    for variant in sorted({g["variant"] for g in done}):
         points = sorted(
-            (r["noise_prob"], r["test/bce"])
-            for r in rows
-            if r["status"] == "done" and r["variant"] == variant
+            (g["noise_prob"], g["test/bce"], g["test/bce sd"] or 0.0)
+            for g in done
+            if g["variant"] == variant
         )
-        ax.plot(*zip(*points, strict=True), marker="o", label=variant)
+        x, y, sd = zip(*points, strict=True)
+        ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=variant)
     ax.set(xlabel="noise_prob (masking noise in training)", ylabel="test/bce (clean input)")
     ax.grid(alpha=0.3)
     ax.legend(title="variant")
     save(fig, path)
 
 
-def robustness_curve(row: dict) -> list[tuple[float, float]]:
-    """(test noise, BCE) points of a job's `test/bce_masked_<noise>` metrics, noise 0 being
-    the clean input (`test/bce`); empty for a job without them."""
+def robustness_curve(group: dict) -> list[tuple[float, float, float]]:
+    """(test noise, mean BCE, sd) points of a group's `test/bce_masked_<noise>` metrics, noise 0
+    being the clean input (`test/bce`); empty for a group without them."""
     prefix = "test/bce_masked_"
-    points = sorted((float(k[len(prefix) :]), v) for k, v in row.items() if k.startswith(prefix))
-    return [(0.0, row["test/bce"]), *points] if points else []
+    levels = sorted(k for k, v in group.items() if k.startswith(prefix) and "sd" not in k and v)
+    points = [(float(k[len(prefix) :]), group[k], group[f"{k} sd"] or 0.0) for k in levels]
+    points.sort()
+    return [(0.0, group["test/bce"], group["test/bce sd"] or 0.0), *points] if points else []
 
 
-def plot_robustness(rows: list[dict], path: Path) -> None:
+def plot_robustness(groups: list[dict], path: Path) -> None:
     """The robustness curve: BCE on masked test input against its noise level, one line per
-    finished job."""
+    group (the mean over its seeds, the sd as bars)."""
     fig, (ax,) = new_axes()
-    for row in rows:
-        curve = robustness_curve(row) if row["status"] == "done" else []
+    for group in groups:
+        curve = robustness_curve(group) if group["n"] else []
         if curve:
-            ax.plot(*zip(*curve, strict=True), marker="o", label=row["job"])
+            x, y, sd = zip(*curve, strict=True)
+            ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=group["group"])
     ax.set(xlabel="masking noise of the test input", ylabel="test BCE against the clean image")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -200,15 +269,22 @@ def plot_features(rows: list[dict], sweep_dir: Path, path: Path) -> bool:
 
 
 def write_sweep_report(sweep_dir: Path) -> tuple[list[dict], list[str]]:
-    """report.md, report.csv and the plots report.png (test/bce against noise_prob),
+    """report.md (the jobs, then the groups of replicates), report.csv (the jobs),
+    replicates.csv (the groups) and the plots report.png (test/bce against noise_prob),
     robustness.png and features.png in `sweep_dir`; returns the rows and the files written."""
     rows = collect_jobs(sweep_dir)
-    write_atomically(sweep_dir / "report.md", markdown_table(rows) + "\n")
+    groups, metrics = replicate_groups(rows), metric_names(rows)
+    report = (f"{markdown_table(rows)}\n\n## Replicates: mean ± sd over the seeds of each group"
+              f"\n\n{groups_table(groups, metrics)}\n")  # fmt: skip
+    write_atomically(sweep_dir / "report.md", report)
     write_csv(rows, sweep_dir / "report.csv")
-    written = ["report.md", "report.csv"]
+    group_columns = ["group", "n", "failed", "seeds", *(k for k in SETTINGS if k != "seed")]
+    group_columns += [c for m in metrics for c in (m, f"{m} sd")]
+    write_csv(groups, sweep_dir / "replicates.csv", group_columns)
+    written = ["report.md", "report.csv", "replicates.csv"]
     if any(r["status"] == "done" for r in rows):
-        plot_bce_against_noise(rows, sweep_dir / "report.png")
-        plot_robustness(rows, sweep_dir / "robustness.png")
+        plot_bce_against_noise(groups, sweep_dir / "report.png")
+        plot_robustness(groups, sweep_dir / "robustness.png")
         written += ["report.png", "robustness.png"]
         if plot_features(rows, sweep_dir, sweep_dir / "features.png"):
             written.append("features.png")
