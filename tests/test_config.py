@@ -180,6 +180,13 @@ def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
             "file holds 5600 images, and training needs a batch of 64)",
         ),
         ("data.num_val=0", "data.num_val=0 is out of range: it must be an integer >= 1"),
+        (
+            "model.compile=reduce-overhead +trainer.accumulate_grad_batches=4",
+            "model.compile=reduce-overhead uses CUDA graphs, which free a step's outputs, the "
+            "accumulated gradients among them, when the next step starts: it cannot run with "
+            "trainer.accumulate_grad_batches=4. Use model.compile=default (or "
+            "max-autotune-no-cudagraphs) with accumulation, or accumulate_grad_batches=1.",
+        ),
         ("data.batch_size=0", "data.batch_size=0 is out of range: it must be an integer >= 1"),
         ("net.latent_space=0", "net.latent_space=0 is out of range: it must be an integer >= 1"),
         (

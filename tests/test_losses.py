@@ -39,3 +39,20 @@ def test_bce_is_the_mean_sigmoid_cross_entropy():
     p = torch.sigmoid(logits)
     by_hand = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
     assert reconstruction_bce(logits, target).item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_the_kl_stays_finite_and_float32_under_bfloat16_autocast():
+    """A saturated unit: in bfloat16, 1 - EPS rounds to 1 and the KL would be infinite."""
+    from .conftest import make_model
+
+    model = make_model(beta=1.0)
+    with torch.no_grad():
+        model.encoder.bias[0] = 8.0  # sigmoid(8 + ...) rounds to 1 in bfloat16
+    x = torch.rand(64, 784)
+    exact = model.loss(x, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.loss(x, x)
+    assert mixed["hidden"].dtype == torch.bfloat16  # the autocast layer's output ...
+    for part in ("kl", "bce", "loss"):  # ... and the loss computed from it in float32
+        assert mixed[part].dtype == torch.float32 and torch.isfinite(mixed[part]), part
+        assert mixed[part].item() == pytest.approx(exact[part].item(), rel=0.05), part

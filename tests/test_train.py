@@ -34,6 +34,17 @@ def test_a_run_without_logger_or_callbacks_trains(make_cfg, tmp_path):
     assert not (tmp_path / "reconstructions.png").exists()  # no Dashboard
 
 
+@pytest.mark.parametrize("net, variant", [("chapter", "sparse"), ("mlp", "denoising"),
+                                          ("conv", "sparse")])  # fmt: skip
+def test_bf16_mixed_precision_trains_to_the_float32_numbers(make_cfg, tmp_path, net, variant):
+    common = [f"net={net}", f"variant={variant}", "~callbacks.probe", "learning_rate=0.3"]
+    exact = train(make_cfg(*common, f"paths.output_dir={tmp_path / 'fp32'}"))
+    mixed = train(make_cfg(*common, "+trainer.precision=bf16-mixed",
+                           f"paths.output_dir={tmp_path / 'bf16'}"))  # fmt: skip
+    for name in ("val/bce", "test/bce", "test/bce_masked", "test/mean_activation"):
+        assert mixed[name] == pytest.approx(exact[name], rel=0.02), name  # bf16: 3 digits
+
+
 @pytest.mark.slow
 def test_sparse_penalty_pulls_mean_activation_towards_rho(make_cfg, tmp_path):
     short = ["trainer.max_steps=60", "learning_rate=0.3"]

@@ -180,6 +180,7 @@ NAMES = {"data.dataset": ("MNIST", "FashionMNIST")}  # torchvision's classes in 
 LISTS = ("thresholds", "model.robustness_levels", "net.hidden", "net.channels")  # (each checked)
 NON_EMPTY = ("thresholds", "net.channels")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # (on a GPU; elsewhere torch skips them)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -194,6 +195,15 @@ def check_settings(cfg: DictConfig) -> None:
                 + ("null or " if key == "model.compile" else "")
                 + f"one of {', '.join(names)}"
             )
+    graphs = OmegaConf.select(cfg, "model.compile") in CUDA_GRAPH_MODES
+    accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches") or 1
+    if graphs and accumulate > 1:
+        raise SettingError(
+            f"model.compile={cfg.model.compile} uses CUDA graphs, which free a step's outputs, "
+            f"the accumulated gradients among them, when the next step starts: it cannot run "
+            f"with trainer.accumulate_grad_batches={accumulate}. Use model.compile=default (or "
+            "max-autotune-no-cudagraphs) with accumulation, or accumulate_grad_batches=1."
+        )
     for key in LISTS:
         value = OmegaConf.select(cfg, key, default=KeyError)
         if value is KeyError:

@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 
 from autoencoders.data import to_unit
-from autoencoders.losses import active_fraction, kl_sparsity, reconstruction_bce
+from autoencoders.losses import active_fraction, kl_sparsity, mean_activation, reconstruction_bce
 from autoencoders.masks import fixed_keep
 
 
@@ -96,7 +96,7 @@ class Autoencoder(pl.LightningModule):
             "train/loss": out["loss"],
             "train/bce": out["bce"],
             "train/kl": out["kl"] if "kl" in out else kl_sparsity(hidden, self.hparams.rho),
-            "train/mean_activation": hidden.mean(),
+            "train/mean_activation": mean_activation(hidden),
             "train/active_fraction": active_fraction(hidden, self.hparams.threshold),
         }
 
@@ -114,7 +114,7 @@ class Autoencoder(pl.LightningModule):
         metrics = {
             "test/bce": reconstruction_bce(self.decode(hidden), clean),
             "test/bce_masked": self.bce(masked, clean),
-            "test/mean_activation": hidden.mean(),
+            "test/mean_activation": mean_activation(hidden),
             "test/active_fraction": active_fraction(hidden, self.hparams.threshold),
             "test/bce_zeroed": reconstruction_bce(self.decode(self.zeroed(hidden)), clean),
         }
