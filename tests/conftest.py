@@ -21,12 +21,15 @@ CONF_DIR = REPO_ROOT / "conf"
 NUM_TRAIN_FILE, NUM_TEST = 5600, 300  # the train file holds 5,000 validation + 600 training images
 
 
-def synthetic_images(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Digit-like uint8 images [n, 28, 28]: a bright random stroke on a dark background.
-    Pixels 0 and 1 of the first row store the image's index (i % 256, i // 256)."""
+def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Digit-like uint8 images [n, 28, 28]: a bright stroke on a dark background, in the
+    column band of its label (columns 2c to 2c + 3 for class c: a linear probe on good codes
+    can tell the classes apart) at a random height. Pixels 0 and 1 of the first row store the
+    image's index (i % 256, i // 256)."""
+    n = len(labels)
     images = np.zeros((n, 28, 28), dtype=np.uint8)
-    for i in range(n):
-        row, col = rng.integers(4, 20, size=2)
+    for i, label in enumerate(labels):
+        row, col = rng.integers(4, 20), 2 * int(label) + rng.integers(0, 2)
         images[i, row : row + 8, col : col + 3] = rng.integers(150, 256, size=(8, 3))
     images[:, 0, 0] = np.arange(n) % 256
     images[:, 0, 1] = np.arange(n) // 256
@@ -37,10 +40,10 @@ def write_synthetic_mnist(data_dir: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     out = raw_dir(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_idx(out / "train-images-idx3-ubyte", synthetic_images(NUM_TRAIN_FILE, rng))
-    write_idx(out / "train-labels-idx1-ubyte", rng.integers(0, 10, NUM_TRAIN_FILE, dtype=np.uint8))
-    write_idx(out / "t10k-images-idx3-ubyte", synthetic_images(NUM_TEST, rng))
-    write_idx(out / "t10k-labels-idx1-ubyte", rng.integers(0, 10, NUM_TEST, dtype=np.uint8))
+    for split, n in (("train", NUM_TRAIN_FILE), ("t10k", NUM_TEST)):
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        write_idx(out / f"{split}-images-idx3-ubyte", synthetic_images(labels, rng))
+        write_idx(out / f"{split}-labels-idx1-ubyte", labels)
     return data_dir
 
 

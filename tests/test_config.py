@@ -285,3 +285,19 @@ def test_run_folders_are_named_to_the_microsecond(config_name, mnist_dir):
     cfg = compose_config(config_name, [f"ckpt_path={mnist_dir}"] if config_name == "eval" else [])
     for folder in (cfg.hydra.run.dir, cfg.hydra.sweep.dir):
         assert re.search(r"/\d\d-\d\d-\d\d-\d{6}$", folder), folder
+
+
+def test_the_trainer_writes_checkpoints_atomically_and_the_settings_are_checked_first(make_cfg):
+    """What the configs must wire up: the atomic checkpoint writer in the Trainer, and the Hydra
+    callback that stops a bad setting before the run folder exists."""
+    from autoencoders.callbacks import AtomicCheckpointIO
+    from autoencoders.config import CheckSettingsFirst
+    from train import build
+
+    _, _, trainer = build(make_cfg())
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    callbacks = make_cfg().hydra.callbacks
+    (checker,) = [instantiate(c) for c in callbacks.values() if "CheckSettings" in c._target_]
+    assert isinstance(checker, CheckSettingsFirst)
+    with pytest.raises(SystemExit, match="noise_prob=1.5 is out of range"):
+        checker.on_run_start(make_cfg("noise_prob=1.5"))

@@ -93,3 +93,23 @@ def test_a_histogram_leaves_out_values_that_are_not_finite(tmp_path):
     assert (event.histogram_value.min, event.histogram_value.max) == (1.0, 2.0)
     assert sum(event.histogram_value.bucket) == 2
     assert "none" not in accumulator.Tags()["histograms"]
+
+
+def test_the_reconstruction_grid_shows_clean_masked_and_both_reconstructions():
+    import torch
+
+    from autoencoders.dashboard import reconstruction_grid
+
+    torch.manual_seed(0)
+    model = make_model(threshold=0.5)
+    clean = torch.rand(3, 784)
+    masked = clean * (torch.rand(3, 784) > 0.5)
+    grid = reconstruction_grid(model, clean, masked)  # [3, 4 * 30 + 2, 3 * 30 + 2]
+    with torch.no_grad():
+        rows = [clean, masked, model(masked),
+                torch.sigmoid(model.decode(model.zeroed(model.encode(clean))))]  # fmt: skip
+    for r, expected in enumerate(rows):
+        for c in range(3):  # tile (r, c) starts after the padding: 2 + 30 * index
+            tile = grid[0, 2 + 30 * r : 30 + 30 * r, 2 + 30 * c : 30 + 30 * c]
+            assert torch.allclose(tile, expected[c].view(28, 28), atol=1e-6), (r, c)
+    assert not torch.allclose(rows[2], rows[3], atol=1e-3)  # the rows do differ

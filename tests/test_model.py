@@ -221,3 +221,46 @@ def test_gradient_clipping_and_accumulation_work_as_lightning_documents(make_cfg
         assert torch.equal(images, 5000 + stream.indices(i)), i
     assert min(steps.grad_norms) > 0.1  # what clipping had to cut down ...
     assert max(steps.moves) == pytest.approx(0.1 * 0.01, rel=1e-3)  # ... to lr * 0.01
+
+
+def test_the_loss_reconstructs_the_clean_image_from_the_masked_one_plus_beta_kl():
+    """Each variant's loss is the one it claims: the masked input reaches the encoder, the
+    target is the clean image, and the KL enters with its sign and weight."""
+    from autoencoders.losses import kl_sparsity, reconstruction_bce
+
+    torch.manual_seed(0)
+    model = make_model(beta=2.0, rho=0.05)
+    clean = torch.rand(8, 784)
+    masked = clean * (torch.rand(8, 784) > 0.5)
+    out = model.loss(clean, masked)
+    hidden = model.encode(masked)
+    bce = reconstruction_bce(model.decode(hidden), clean)
+    kl = kl_sparsity(hidden, 0.05)
+    assert torch.equal(out["hidden"], hidden)
+    assert out["bce"].item() == pytest.approx(bce.item(), rel=1e-6)
+    assert out["kl"].item() == pytest.approx(kl.item(), rel=1e-6) and kl > 0.01
+    assert out["loss"].item() == pytest.approx((bce + 2.0 * kl).item(), rel=1e-6)
+    from_clean = reconstruction_bce(model.decode(model.encode(clean)), clean)
+    assert abs(out["bce"].item() - from_clean.item()) > 1e-5  # 10x the tolerance above
+    plain = make_model(beta=0.0).loss(clean, masked)
+    assert torch.equal(plain["loss"], plain["bce"]) and "kl" not in plain
+
+
+def test_validation_scores_the_masked_input_under_the_fixed_mask(make_cfg):
+    """val/bce_masked is the BCE of the fixed-mask input, not of the clean one."""
+    from autoencoders.masks import fixed_keep
+    from train import build
+
+    cfg = make_cfg("variant=denoising", "~callbacks.probe", "learning_rate=0.3")
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)  # trained: masking then costs it something
+    (logged,) = trainer.validate(model, datamodule=datamodule, verbose=False)
+    images = datamodule.val_images
+    clean = images.float() / 255
+    masked = clean * fixed_keep(datamodule.fixed_noise("val", len(images)), cfg.noise_prob)
+    with torch.no_grad():
+        expected = model.bce(masked, clean).item()
+        clean_bce = model.bce(clean, clean).item()
+    assert logged["val/bce_masked"] == pytest.approx(expected, rel=1e-6)
+    assert logged["val/bce"] == pytest.approx(clean_bce, rel=1e-6)
+    assert abs(expected - clean_bce) > 1e-5 * clean_bce  # 10x the tolerance above

@@ -4,7 +4,9 @@ Determinism by construction: training batch `i` is rows `[i*B, (i+1)*B)` of an e
 made of one seeded permutation of the training split per pass, and its mask is drawn from a
 generator seeded with (seed, i). Batch `i` is trained on at optimizer step
 `i // accumulate_grad_batches`, so the data a run sees is a pure function of (seed, global
-step): same seed, same run, and a resumed run continues exactly.
+step): same seed, same run, and a resumed run continues exactly, on the same kind of device.
+(The training masks are drawn on the training device: a GPU's generator gives other values
+than the CPU's for the same seed. The order and the evaluation masks are drawn on the CPU.)
 """
 
 from __future__ import annotations
