@@ -109,10 +109,15 @@ def test_an_unknown_variant_stops_the_script_with_hydras_error(mnist_dir, tmp_pa
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs a C compiler")
 def test_compiled_training_gives_the_eager_results(make_cfg, tmp_path):
     common = ["variant=sparse", "trainer.max_steps=20", "~callbacks.probe"]
+    import torch._dynamo
+
     eager = train(make_cfg(*common, f"paths.output_dir={tmp_path / 'eager'}"))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compiled = train(
         make_cfg(*common, "model.compile=default", f"paths.output_dir={tmp_path / 'c'}")
     )
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
     assert compiled.keys() == eager.keys()
     for name, value in eager.items():  # compiled kernels round differently: close, not equal
         assert compiled[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name

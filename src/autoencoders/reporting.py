@@ -93,10 +93,12 @@ def read_job(job_dir: Path, sweep_dir: Path) -> dict:
 
 def replicate_group(task_overrides) -> str:
     """The group of a job's replicates: its overrides other than `seed` (every setting the
-    sweep varies, for jobs composed from the same config), as text."""
+    sweep varies, for jobs composed from the same config), as text. Where a job resumed from
+    (`ckpt_path`) and where it wrote (`paths.*`) do not change what it trained."""
     from autoencoders.config import override_key
 
-    others = sorted(o for o in task_overrides if override_key(o) != "seed")
+    ignored = ("seed", "ckpt_path", "paths.root_dir", "paths.output_dir")
+    others = sorted(o for o in task_overrides if override_key(o) not in ignored)
     return ",".join(others) or "(no overrides)"
 
 
