@@ -187,3 +187,21 @@ def test_a_bad_checkpoint_stops_the_script_before_the_run_folder_exists(
     assert result.returncode != 0
     assert f"ckpt_path={text} is not a checkpoint" in result.stderr
     assert not run_dir.exists()
+
+
+def test_any_damaged_byte_gives_a_checkpoint_error_or_a_checkpoint(trained, tmp_path):
+    """One flipped byte anywhere: refused with a CheckpointError naming ckpt_path, or (in bytes
+    that nothing reads, or caught by the NaN check) loaded; never another exception."""
+    import random
+
+    data = bytearray(trained.read_bytes())
+    rng = random.Random(0)
+    path = tmp_path / "flipped.ckpt"
+    for position in [0, 1, 30, len(data) - 1, *rng.sample(range(len(data)), 40)]:
+        flipped = bytearray(data)
+        flipped[position] ^= 0xFF
+        path.write_bytes(bytes(flipped))
+        try:
+            read_checkpoint(str(path))
+        except CheckpointError as error:
+            assert f"ckpt_path={path}" in str(error), position

@@ -45,6 +45,7 @@ def test_the_kl_stays_finite_and_float32_under_bfloat16_autocast():
     """A saturated unit: in bfloat16, 1 - EPS rounds to 1 and the KL would be infinite."""
     from .conftest import make_model
 
+    torch.manual_seed(0)
     model = make_model(beta=1.0)
     with torch.no_grad():
         model.encoder.bias[0] = 8.0  # sigmoid(8 + ...) rounds to 1 in bfloat16
@@ -52,7 +53,7 @@ def test_the_kl_stays_finite_and_float32_under_bfloat16_autocast():
     exact = model.loss(x, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = model.loss(x, x)
-    assert mixed["hidden"].dtype == torch.bfloat16  # the autocast layer's output ...
+    assert mixed["hidden"].dtype == torch.float32  # the code, from bf16 pre-activations ...
     for part in ("kl", "bce", "loss"):  # ... and the loss computed from it in float32
         assert mixed[part].dtype == torch.float32 and torch.isfinite(mixed[part]), part
-        assert mixed[part].item() == pytest.approx(exact[part].item(), rel=0.05), part
+        assert mixed[part].item() == pytest.approx(exact[part].item(), rel=0.01), part

@@ -296,3 +296,17 @@ def test_a_corrupted_torchvision_download_is_retried_once(tmp_path, monkeypatch,
     assert "torchvision's download gave damaged files" in caplog.text
     assert "fetched through torchvision's download" in caplog.text
     check_files(tmp_path / "data")
+
+
+def test_a_read_only_folder_missing_a_file_says_so(tmp_path, monkeypatch):
+    data = write_synthetic_mnist(tmp_path / "data")
+    (raw_dir(data) / "t10k-labels-idx1-ubyte").unlink()
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(mnist_files.tempfile, "TemporaryDirectory", read_only)
+    with pytest.raises(
+        DataFileError, match=r"t10k-labels-idx1-ubyte'\] missing .* cannot be written"
+    ):
+        ensure_dataset(data)

@@ -177,21 +177,66 @@ def test_a_kill_during_the_final_validation_loses_nothing(mnist_dir, tmp_path):
     assert read_metrics(resumed) == read_metrics(full)
 
 
-def test_a_resume_from_the_end_of_an_epoch_logs_as_an_uninterrupted_run(make_cfg, tmp_path):
-    def logged(run_dir) -> dict[str, list[int]]:
-        with (run_dir / "csv" / "metrics.csv").open() as f:
-            rows = list(csv.DictReader(f))
-        return {key: [int(r["step"]) for r in rows if r[key]] for key in ("train/loss", "val/bce")}
+def logged(run_dir) -> dict[str, list[int]]:
+    """{metric: the steps it was logged at}, from a run's CSV log."""
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return {key: [int(r["step"]) for r in rows if r[key]] for key in ("train/loss", "val/bce")}
 
-    common = ["logger=csv", "trainer.log_every_n_steps=5"]  # 10 batches per epoch here
+
+@pytest.mark.parametrize(
+    "first, checkpoint, resumed_from",
+    [
+        ([], "last", 20),  # the end of an epoch (10 batches each), validated and saved
+        (["trainer.max_steps=13"], "last", 13),  # a stop's validation (off the interval)
+        (["trainer.max_steps=13"], "best", 13),  # best.ckpt, written at that validation
+        (  # EarlyStopping at step 10's validation (every 5), which is no checkpoint step (7)
+            ["callbacks.last_checkpoint.every_n_train_steps=7",
+             "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+             "+callbacks.stop.monitor=val/bce", "+callbacks.stop.patience=0",
+             "+callbacks.stop.min_delta=10"], "last", 10,
+        ),
+    ],
+    ids=["epoch-end", "stop", "best-at-stop", "early-stopping"],
+)  # fmt: skip
+def test_a_resume_logs_at_the_steps_of_an_uninterrupted_run(
+    make_cfg, tmp_path, first, checkpoint, resumed_from
+):
+    common = ["logger=csv", "trainer.log_every_n_steps=5", "trainer.val_check_interval=5",
+              "~callbacks.probe"]  # fmt: skip
     train(make_cfg(*common, "trainer.max_steps=40", f"paths.output_dir={tmp_path / 'fresh'}"))
-    train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
-    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    train(make_cfg(*common, "trainer.max_steps=40", f"ckpt_path={last}"))
+    train(make_cfg(*common, "trainer.max_steps=20", *first, f"paths.output_dir={tmp_path / 'a'}"))
+    ckpt = tmp_path / "a" / "checkpoints" / f"{checkpoint}.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == resumed_from
+    train(make_cfg(*common, "trainer.max_steps=40", f"ckpt_path={ckpt}"))
     fresh, resumed = logged(tmp_path / "fresh"), logged(tmp_path)
     for key in fresh:
-        assert resumed[key] == [step for step in fresh[key] if step >= 20], key
-    assert read_metrics(tmp_path) == read_metrics(tmp_path / "fresh")
+        assert resumed[key] == [step for step in fresh[key] if step >= resumed_from], key
+    if checkpoint == "last" and not first:
+        assert read_metrics(tmp_path) == read_metrics(tmp_path / "fresh")
+
+
+def test_a_resumed_run_does_not_rewrite_the_checkpoint_it_resumed_from(make_cfg, tmp_path):
+    """With accumulation, the first batch after resuming at step 6 is still at step 6: a
+    last.ckpt written there would hold half an accumulated step."""
+    from autoencoders.callbacks import LastCheckpoint
+
+    common = [
+        "+trainer.accumulate_grad_batches=2",
+        "callbacks.last_checkpoint.every_n_train_steps=3",
+    ]
+    train(make_cfg(*common, "trainer.max_steps=6", f"paths.output_dir={tmp_path / 'a'}"))
+    written = []
+    write_last = LastCheckpoint.write_last
+    LastCheckpoint.write_last = lambda self, trainer: (
+        written.append(trainer.global_step) or write_last(self, trainer)
+    )
+    try:
+        train(make_cfg(*common, "trainer.max_steps=10",
+                       f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"))  # fmt: skip
+    finally:
+        LastCheckpoint.write_last = write_last
+    assert written == [9, 10]
 
 
 def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(make_cfg, tmp_path):

@@ -79,3 +79,14 @@ def test_a_group_where_every_job_failed_is_listed_without_numbers(tmp_path):
     (group,) = read(tmp_path / "replicates.csv")
     assert (group["group"], group["n"], group["failed"]) == ("(no overrides)", "0", "2")
     assert not (tmp_path / "report.png").exists()
+
+
+def test_the_report_of_a_single_run_leaves_its_pictures_alone(tmp_path):
+    run = fake_job(tmp_path, ["variant=plain"], metrics(0.2, 0.9))
+    from PIL import Image
+
+    Image.new("RGB", (40, 20)).save(run / "features.png")
+    before = (run / "features.png").read_bytes()
+    assert report_main([str(run)]) == 0
+    assert (run / "features.png").read_bytes() == before
+    assert (run / "report.md").is_file()

@@ -97,7 +97,6 @@ class LastCheckpoint(ModelCheckpoint):
         self.every = every_n_train_steps
         self.saved_step = None  # the global step of the last.ckpt written last
         self.after_validation = False  # this step's last.ckpt waits for its validation
-        self.logged_steps = 0  # added to the loop's logging step in the last.ckpt being written
 
     def load_state_dict(self, state_dict: dict) -> None:
         if Path(state_dict.get("dirpath") or "") == Path(self.dirpath):  # else: nothing to keep
@@ -113,14 +112,16 @@ class LastCheckpoint(ModelCheckpoint):
         else:
             self.write_last(trainer)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.saved_step = trainer.global_step  # written already (resumed), or nothing yet (0)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.after_validation and not trainer.sanity_checking:
+        if trainer.sanity_checking:
+            return
+        stopped = trainer.should_stop and trainer.global_step != self.saved_step  # EarlyStopping
+        if self.after_validation or stopped:
             self.after_validation = False
-            # Resumed from here, Lightning counts this batch's logging step again unless it
-            # sees the batch as one it validates (an interval's, not a stop's): count it here.
-            with stopping(trainer, False):
-                recount = not validation_follows(trainer)
-            self.write_last(trainer, logged_steps=1 if recount else 0)
+            self.write_last(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pass  # (the stock one would write last.ckpt here too)
@@ -129,18 +130,9 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.global_step != self.saved_step:
             self.write_last(trainer)  # stopped early (EarlyStopping, should_stop)
 
-    def write_last(self, trainer: pl.Trainer, logged_steps: int = 0) -> None:
-        self.logged_steps = logged_steps
-        try:
-            trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
-        finally:
-            self.logged_steps = 0
+    def write_last(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
         self.saved_step = trainer.global_step
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if self.logged_steps:  # (only in last.ckpt: write_last's)
-            epoch_loop = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]
-            epoch_loop["_batches_that_stepped"] += self.logged_steps
 
 
 def validation_follows(trainer: pl.Trainer) -> bool:
@@ -209,6 +201,14 @@ class TrainingGuards(pl.Callback):
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             raise RuntimeError(f"non-finite weights at step {trainer.global_step}: not saving them")
         checkpoint["max_steps"] = trainer.max_steps
+        if trainer.validating and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            # Written during a validation (best.ckpt, or last.ckpt after its step's validation).
+            # Resumed from it, Lightning counts this batch's logging step once more only when it
+            # sees the batch as one it validates: an interval's, not a stop's (max_steps).
+            with stopping(trainer, False):
+                if not validation_follows(trainer):
+                    loop = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]
+                    loop["_batches_that_stepped"] += 1
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         """Resuming a scheduled run with another `trainer.max_steps` would follow the old

@@ -68,7 +68,12 @@ def checked_file(path: str) -> tuple[bytes, dict]:
         raise CheckpointError(
             f"ckpt_path={path} is not a checkpoint: not a zip archive, as torch.save writes"
         )
-    damaged = zipfile.ZipFile(io.BytesIO(data)).testzip()  # the first member whose CRC fails
+    try:
+        damaged = zipfile.ZipFile(io.BytesIO(data)).testzip()  # the first member failing its CRC
+    except Exception as error:  # a damaged directory of the archive: BadZipFile, and others
+        raise CheckpointError(
+            f"ckpt_path={path} is damaged: {type(error).__name__}: {error}"
+        ) from None
     if damaged is not None:
         raise CheckpointError(f"ckpt_path={path} is damaged: {damaged} fails its checksum")
     try:
@@ -78,8 +83,10 @@ def checked_file(path: str) -> tuple[bytes, dict]:
             f"ckpt_path={path} is refused: it holds Python objects that only code could rebuild, "
             f"and checkpoints are loaded as data only ({str(error).splitlines()[0]})"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError) as error:
-        raise CheckpointError(f"ckpt_path={path} is not a readable checkpoint: {error}") from None
+    except Exception as error:  # what a damaged file makes torch's reader raise: many kinds
+        raise CheckpointError(
+            f"ckpt_path={path} is not a readable checkpoint: {type(error).__name__}: {error}"
+        ) from None
     expected = {"state_dict", "hyper_parameters"}
     if not isinstance(checkpoint, dict) or not expected <= set(checkpoint):
         raise CheckpointError(

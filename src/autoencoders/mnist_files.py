@@ -234,8 +234,16 @@ def ensure_dataset(data_dir: str | Path, dataset: str = "MNIST") -> None:
         "FashionMNIST": (f"Debian's package in {FASHION_MNIST_DEBIAN_DIR}", copy_from_debian),
     }[dataset]
     sources = [("torchvision's download", lambda d: download_with_torchvision(d, dataset)), offline]
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetch-") as staging:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging_dir = tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetch-")
+    except OSError as err:  # a read-only data folder, say
+        raise DataFileError(
+            f"Could not get {dataset}: {missing} missing from {folder.resolve()}, which cannot "
+            f"be written to ({err.strerror}). Put the missing files there, or set data.data_dir "
+            f"to a folder of your own."
+        ) from None
+    with staging_dir as staging:
         for label, fetch in sources:
             for attempt in (1, 2):  # a damaged download may come right the second time
                 log.info("%s: %s not in %s; trying %s (attempt %d)", dataset, missing, folder,

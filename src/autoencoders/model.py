@@ -12,7 +12,13 @@ import torch
 from hydra.utils import instantiate
 
 from autoencoders.data import to_unit
-from autoencoders.losses import active_fraction, kl_sparsity, mean_activation, reconstruction_bce
+from autoencoders.losses import (
+    active_fraction,
+    full_precision,
+    kl_sparsity,
+    mean_activation,
+    reconstruction_bce,
+)
 from autoencoders.masks import fixed_keep
 
 
@@ -42,7 +48,9 @@ class Autoencoder(pl.LightningModule):
         self.train_loss = self.loss  # torch.compile'd when training starts, with `compile`
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.encoder(x))  # [B, 784] -> [B, H]
+        """The code, [B, 784] -> [B, H], in float32 even under mixed precision: a bfloat16
+        sigmoid rounds every activation above 0.998 to 1, saturating the KL."""
+        return torch.sigmoid(full_precision(self.encoder(x)))
 
     def decode(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder(hidden)  # [B, H] -> [B, 784] logits

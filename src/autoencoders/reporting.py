@@ -93,11 +93,11 @@ def read_job(job_dir: Path, sweep_dir: Path) -> dict:
 
 def replicate_group(task_overrides) -> str:
     """The group of a job's replicates: its overrides other than `seed` (every setting the
-    sweep varies, for jobs composed from the same config), as text. Where a job resumed from
-    (`ckpt_path`) and where it wrote (`paths.*`) do not change what it trained."""
+    sweep varies, for jobs composed from the same config), as text. Where a job wrote
+    (`paths.*`) does not change what it trained."""
     from autoencoders.config import override_key
 
-    ignored = ("seed", "ckpt_path", "paths.root_dir", "paths.output_dir")
+    ignored = ("seed", "paths.root_dir", "paths.output_dir")
     others = sorted(o for o in task_overrides if override_key(o) not in ignored)
     return ",".join(others) or "(no overrides)"
 
@@ -288,6 +288,7 @@ def write_sweep_report(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         plot_bce_against_noise(groups, sweep_dir / "report.png")
         plot_robustness(groups, sweep_dir / "robustness.png")
         written += ["report.png", "robustness.png"]
-        if plot_features(rows, sweep_dir, sweep_dir / "features.png"):
+        single_run = any(r["job"] == "." for r in rows)  # (its own features.png stays)
+        if not single_run and plot_features(rows, sweep_dir, sweep_dir / "features.png"):
             written.append("features.png")
     return rows, written
