@@ -239,8 +239,11 @@ def test_a_resumed_run_does_not_rewrite_the_checkpoint_it_resumed_from(make_cfg,
     assert written == [9, 10]
 
 
-def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(make_cfg, tmp_path):
-    common = ["scheduler=cooldown", "callbacks.last_checkpoint.every_n_train_steps=10"]
+@pytest.mark.parametrize("schedule", ["cooldown", "cosine"])
+def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(
+    make_cfg, tmp_path, schedule
+):
+    common = [f"scheduler={schedule}", "callbacks.last_checkpoint.every_n_train_steps=10"]
     train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     extend = [*common, "trainer.max_steps=30", f"ckpt_path={last}"]
@@ -252,7 +255,7 @@ def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(mak
     assert not (tmp_path / "refused" / "metrics.json").exists()
     assert torch.load(last, weights_only=True)["global_step"] == 20  # untouched
 
-    # deliberately: the cooldown for 30 steps (full rate to step 24, then down to 0 at 30)
+    # deliberately: the schedule planned for 30 steps, followed from step 20, down to 0 at 30
     cfg = make_cfg(
         *extend, "callbacks.guards.reschedule=true", f"paths.output_dir={tmp_path / 'again'}"
     )

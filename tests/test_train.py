@@ -121,3 +121,27 @@ def test_compiled_training_gives_the_eager_results(make_cfg, tmp_path):
     assert compiled.keys() == eager.keys()
     for name, value in eager.items():  # compiled kernels round differently: close, not equal
         assert compiled[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.slow
+def test_help_and_cfg_job_print_what_the_readme_says(tmp_path):
+    helped = run_script("train.py", "--help")
+    assert helped.returncode == 0
+    assert all(
+        f"{group}: " in helped.stdout for group in ("net", "variant", "optimizer", "trainer")
+    )
+    printed = run_script("train.py", "net=conv", "--cfg", "job")
+    assert printed.returncode == 0 and "_target_: autoencoders.nets.conv" in printed.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_readme_trackers_and_lightning_callbacks_run(make_cfg, tmp_path):
+    """`logger=many` and `+callbacks.lr._target_=...LearningRateMonitor`, as documented."""
+    lr = "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor"
+    (tmp_path / "outputs").mkdir()
+    train(make_cfg("logger=many", lr, "scheduler=cosine", f"paths.root_dir={tmp_path}"))
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "lr-Adagrad" in header  # the LearningRateMonitor's column
+    assert (tmp_path / "outputs" / "mlflow.db").is_file()
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
