@@ -346,6 +346,25 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(make_cfg, tmp_
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
 
 
+@pytest.mark.parametrize("checkpoint_every", [1, 1000])
+def test_without_a_check_every_step_a_divergence_is_found_at_the_next_check(
+    make_cfg, tmp_path, checkpoint_every
+):
+    """As on a GPU: the loss is recorded on the device, and read at the next logging step
+    (every 5 here) or checkpoint, whichever comes first, naming the step it diverged at."""
+    cfg = make_cfg("optimizer=sgd", "learning_rate=1e38", "callbacks.guards.check_every_step=false",
+                   f"callbacks.last_checkpoint.every_n_train_steps={checkpoint_every}")  # fmt: skip
+    found = "" if checkpoint_every == 1 else r" \(found at step 5\)"
+    with pytest.raises(DivergenceError, match=rf"not finite at step 2{found}: training diverged"):
+        train(cfg)
+    assert not (tmp_path / "metrics.json").exists()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if checkpoint_every == 1:  # step 1's, the last before the divergence
+        assert torch.load(last, weights_only=True)["global_step"] == 1
+    else:
+        assert not last.exists()
+
+
 def test_weights_that_are_not_finite_are_never_saved(make_cfg, tmp_path):
     datamodule, model, trainer = build(make_cfg("trainer.max_steps=2"))
     trainer.fit(model, datamodule=datamodule)

@@ -163,41 +163,80 @@ class ScheduleMismatchError(ValueError):
 class TrainingGuards(pl.Callback):
     """What keeps a run's results right, whatever the model:
 
-    - a NaN or infinite loss stops the run at its step, before the optimizer applies it, and
-      no checkpoint of non-finite weights is ever written;
+    - a NaN or infinite loss stops the run, naming its step, and no checkpoint of non-finite
+      weights is ever written. With `check_every_step` (the default on the CPU) the loss is
+      read at every step, and the run stops at that step, before the optimizer applies it.
+      Without it (the default on a GPU, where reading the loss makes the host wait for the
+      step's kernels), a non-finite loss is only recorded on the device, and the run stops at
+      the next logging step (every trainer.log_every_n_steps), checkpoint or validation,
+      whichever comes first, naming the step the loss first turned non-finite;
     - training stops at `max_steps` through `should_stop`, so that Lightning's loop validates
       that last step too (else only multiples of val_check_interval): best.ckpt and the final
       val/bce see the weights that training ends with;
     - a checkpoint records the `max_steps` its learning-rate schedule was planned for, and
       resuming it with another one stops, unless `reschedule` asks for the schedule of the new
       length from the resumed step.
+    Under DDP every process stops at the same step when any one's loss is not finite: none is
+    left waiting in the next all-reduce.
     """
 
-    def __init__(self, reschedule: bool = False):
+    def __init__(self, reschedule: bool = False, check_every_step: bool | None = None):
         self.reschedule = reschedule
         self.resumed_step = None  # set when resuming with `reschedule`
+        self.check_every_step = check_every_step  # None: on the CPU only
+        self.first_bad = None  # (not checking every step) on the device: first bad step, or -1
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        """Under DDP every process stops at the same step when any one's loss is not finite:
-        none is left waiting in the next all-reduce."""
-        value = loss.item()  # on a GPU: waits for the step's kernels (the price of the check)
-        diverged = not math.isfinite(value)
+        step = trainer.global_step + 1
+        if self.check_every_step:
+            value = loss.item()
+            self.stop_if_diverged(trainer, pl_module, -1 if math.isfinite(value) else step, value)
+            return
+        bad = ~torch.isfinite(loss.detach())
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+
+    def check_recorded(self, trainer, pl_module) -> None:
+        """Stop if a loss recorded on the device since the run started was not finite."""
+        if not self.check_every_step and self.first_bad is not None:
+            self.stop_if_diverged(trainer, pl_module, int(self.first_bad.item()))
+
+    def stop_if_diverged(self, trainer, pl_module, bad_step: int, value=None) -> None:
+        """Raise DivergenceError if `bad_step` (-1: none) is a step, on any process."""
         world = trainer.world_size
-        if world > 1:
-            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
-        if diverged:
-            what = f"is {value}" if world == 1 else f"is not finite on one of {world} processes"
-            raise DivergenceError(
-                f"train/loss {what} at step {trainer.global_step + 1}: training diverged. "
-                f"Settings that can cause it: {divergence_suspects(pl_module.hparams)}. Lower "
-                "the learning rate first; the last checkpoint written before this step is kept."
+        if world > 1:  # the earliest bad step of any process
+            mine = torch.tensor(float(bad_step if bad_step >= 0 else math.inf))
+            earliest = trainer.strategy.reduce(
+                mine.to(trainer.strategy.root_device), reduce_op="min"
             )
+            bad_step = -1 if math.isinf(earliest.item()) else int(earliest.item())
+        if bad_step < 0:
+            return
+        what = f"is {value}" if world == 1 and value is not None else "is not finite"
+        where = "" if world == 1 else f" on one of {world} processes"
+        found = "" if bad_step >= trainer.global_step else f" (found at step {trainer.global_step})"
+        raise DivergenceError(
+            f"train/loss {what}{where} at step {bad_step}{found}: training diverged. "
+            f"Settings that can cause it: {divergence_suspects(pl_module.hparams)}. Lower "
+            "the learning rate first; the last checkpoint written before that step is kept."
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            self.check_recorded(trainer, pl_module)
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.check_recorded(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check_recorded(trainer, pl_module)
+
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.check_recorded(trainer, pl_module)
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             raise RuntimeError(f"non-finite weights at step {trainer.global_step}: not saving them")
         checkpoint["max_steps"] = trainer.max_steps
@@ -231,6 +270,8 @@ class TrainingGuards(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         """With `reschedule`: each restored scheduler replaced by one for this run's max_steps,
         at the resumed step."""
+        if self.check_every_step is None:
+            self.check_every_step = trainer.strategy.root_device.type == "cpu"
         if self.resumed_step is None:
             return
         for config in trainer.lr_scheduler_configs:
