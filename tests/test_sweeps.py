@@ -71,15 +71,20 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
     assert not list(tmp_path.glob("*.partial"))
 
 
-@pytest.mark.slow
-def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(mnist_dir, tmp_path):
+def two_step_sweep(mnist_dir, sweep_dir, *overrides: str) -> list[dict]:
+    """Run `train.py -m overrides` with jobs of two steps, then its report; the report's rows."""
     result = run_script(
-        "train.py", "-m", "experiment=noise_sweep", f"data.data_dir={mnist_dir}", "trainer=debug",
-        "trainer.max_steps=2", "~callbacks.probe", f"hydra.sweep.dir={tmp_path}",
+        "train.py", "-m", *overrides, f"data.data_dir={mnist_dir}", "trainer=debug",
+        "trainer.max_steps=2", f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert report_main([str(tmp_path)]) == 0
-    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert report_main([str(sweep_dir)]) == 0
+    return list(csv.DictReader((sweep_dir / "report.csv").open()))
+
+
+@pytest.mark.slow
+def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(mnist_dir, tmp_path):
+    rows = two_step_sweep(mnist_dir, tmp_path, "experiment=noise_sweep", "~callbacks.probe")
     assert {r["status"] for r in rows} == {"done"} and {r["variant"] for r in rows} == {"denoising"}
     assert sorted(float(r["noise_prob"]) for r in rows) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     for row in rows:  # each job tests on input masked at its own noise level
@@ -89,13 +94,7 @@ def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(m
 
 @pytest.mark.slow
 def test_a_sweep_over_the_nets_reports_each_with_its_features(mnist_dir, tmp_path, capsys):
-    result = run_script(
-        "train.py", "-m", "net=chapter,mlp,conv", f"data.data_dir={mnist_dir}", "trainer=debug",
-        "trainer.max_steps=2", "~callbacks.probe", f"hydra.sweep.dir={tmp_path}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert report_main([str(tmp_path)]) == 0
-    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    rows = two_step_sweep(mnist_dir, tmp_path, "net=chapter,mlp,conv", "~callbacks.probe")
     assert sorted(r["net"] for r in rows) == ["chapter", "conv", "mlp"]
     assert {r["status"] for r in rows} == {"done"}
     assert "features.png" in capsys.readouterr().out
@@ -106,12 +105,7 @@ def test_a_sweep_over_the_nets_reports_each_with_its_features(mnist_dir, tmp_pat
 
 @pytest.mark.slow
 def test_a_report_without_pictures_says_what_it_wrote(mnist_dir, tmp_path, capsys):
-    result = run_script(
-        "train.py", "-m", "variant=plain,sparse", f"data.data_dir={mnist_dir}", "trainer=debug",
-        "trainer.max_steps=2", "~callbacks", f"hydra.sweep.dir={tmp_path}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert report_main([str(tmp_path)]) == 0
+    two_step_sweep(mnist_dir, tmp_path, "variant=plain,sparse", "~callbacks")
     out = capsys.readouterr().out
     assert "wrote report.md, report.csv, replicates.csv, report.png, robustness.png in" in out
     assert not (tmp_path / "features.png").exists()
