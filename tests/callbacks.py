@@ -40,6 +40,20 @@ class SameWeightsOnEveryRank(pl.Callback):
             raise RuntimeError("the ranks' weights differ after training")
 
 
+class TrainLossIsTheMeanOverRanks(pl.Callback):
+    """Fails a distributed run whose last logged train/loss is not the mean of the ranks'
+    losses at that step (rank 0's own loss, say)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % trainer.log_every_n_steps == 0:  # a step that logged
+            self.mean = trainer.strategy.all_gather(outputs["loss"]).mean()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        logged = trainer.callback_metrics["train/loss"]
+        if not torch.allclose(logged, self.mean, rtol=1e-6):
+            raise RuntimeError(f"train/loss {logged} is not the ranks' mean {self.mean}")
+
+
 class RequireThreads(pl.Callback):
     """Fails a run that does not train on `threads` torch threads."""
 

@@ -7,8 +7,9 @@ import torch
 
 from autoencoders.config import REPO_ROOT, SettingError
 from autoencoders.data import MNISTDataModule, TrainBatches
+from autoencoders.model import Autoencoder
 from eval import evaluate
-from train import build, check_distributed
+from train import build, check_distributed, train
 
 from .conftest import compose_config, job_dir, run_script
 
@@ -56,12 +57,13 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
     # (the deeper net: every layer's gradients all-reduced; the chapter's in the tests below)
     common = [f"data.data_dir={mnist_dir}", "trainer=ddp_cpu", "trainer.val_check_interval=10",
               "callbacks.last_checkpoint.every_n_train_steps=10", "variant=denoising",
-              "net=mlp"]  # fmt: skip
+              "net=mlp", "trainer.log_every_n_steps=10"]  # fmt: skip
     full, first, resumed = tmp_path / "runs" / "full", tmp_path / "first", tmp_path / "resumed"
     same_weights = "+callbacks.same_weights._target_=tests.callbacks.SameWeightsOnEveryRank"
-    result = run_script("train.py", *common, same_weights, "trainer.max_steps=30",
+    rank_mean = "+callbacks.rank_mean._target_=tests.callbacks.TrainLossIsTheMeanOverRanks"
+    result = run_script("train.py", *common, same_weights, rank_mean, "trainer.max_steps=30",
                         f"hydra.run.dir={full}", pythonpath=str(REPO_ROOT))  # fmt: skip
-    # every optimizer step all-reduced its gradients
+    # every optimizer step all-reduced its gradients; train/loss is the mean of the ranks' losses
     assert result.returncode == 0, result.stderr[-3000:]
     # one run directory for both processes, one metrics.json, rank 1's log beside rank 0's
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["full"]
@@ -144,3 +146,25 @@ def test_slurm_launcher_follows_the_trainer(mnist_dir, tmp_path):
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
     assert launcher.partition == "gpu" and launcher.timeout_min == 60
+
+
+
+def test_every_train_val_and_test_metric_is_logged_as_the_mean_over_the_ranks(
+    make_cfg, monkeypatch
+):
+    # Lightning reduces a metric over the processes only when it is logged with sync_dist=True
+    # (the mean, weighted by batch size); the end-to-end check is the DDP test above.
+    calls = {}
+    log = Autoencoder.log
+
+    def record(self, name, value, *args, sync_dist=False, **kwargs):
+        calls[name] = sync_dist
+        return log(self, name, value, *args, sync_dist=sync_dist, **kwargs)
+
+    monkeypatch.setattr(Autoencoder, "log", record)
+    cfg = make_cfg("variant=sparse", "noise_prob=0.3", "trainer.max_steps=4",
+                   "trainer.val_check_interval=4", "trainer.log_every_n_steps=2")  # fmt: skip
+    train(cfg)
+    assert {"train/loss", "train/kl", "val/bce", "val/bce_masked", "test/bce_zeroed"} <= set(calls)
+    # (the probe's accuracy is the same on every rank: each computes it on all of the data)
+    assert [name for name, synced in calls.items() if not synced] == ["test/probe_accuracy"]
