@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: train test lint constraints clean-venv
+.PHONY: train test lint mutation constraints clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(VENV)/.installed  ## the test suite (offline, synthetic data; ARGS='-m "
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+
+mutation: $(VENV)/.installed  ## mutation testing with mutmut against the quick suite (docs/testing.md)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[mutation]'
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $(or $(JOBS),2)
+	$(VENV)/bin/mutmut results
 
 constraints: $(VENV)/.installed  ## record the installed versions in constraints.txt
 	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.new

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoencoders.losses import kl_sparsity, reconstruction_bce
+from autoencoders.losses import active_fraction, kl_sparsity, mean_activation, reconstruction_bce
 
 
 def chapter_kl(hidden: np.ndarray, rho: float) -> float:
@@ -57,3 +57,9 @@ def test_the_kl_stays_finite_and_float32_under_bfloat16_autocast():
     for part in ("kl", "bce", "loss"):  # ... and the loss computed from it in float32
         assert mixed[part].dtype == torch.float32 and torch.isfinite(mixed[part]), part
         assert mixed[part].item() == pytest.approx(exact[part].item(), rel=0.01), part
+
+
+def test_an_activation_at_the_threshold_counts_as_active_as_zeroing_keeps_it():
+    hidden = torch.tensor([[0.25, 0.5], [0.125, 0.75]])
+    assert active_fraction(hidden, 0.5).item() == 0.5  # 0.5 and 0.75
+    assert mean_activation(hidden).item() == pytest.approx(0.40625)
