@@ -12,7 +12,7 @@ from .conftest import compose_config
 
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 COMMAND = re.compile(r"python ((?:src|benchmarks)/\w+\.py)([^`\n]*)")
-CONFIGS = {"src/train.py": "train", "src/eval.py": "eval"}
+CONFIGS = {"src/train.py": "train", "src/eval.py": "eval", "src/predict.py": "predict"}
 
 
 def documented_commands() -> list[tuple[str, str, str]]:
@@ -50,8 +50,8 @@ def test_every_documented_command_composes(page, script, arguments, mnist_dir, t
     if script not in CONFIGS:
         return
     overrides = one_run(arguments)
-    if script == "src/eval.py" and not any(o.startswith("ckpt_path=") for o in overrides):
-        pytest.fail(f"{page}: eval.py needs ckpt_path: {arguments}")
+    if script != "src/train.py" and not any(o.startswith("ckpt_path=") for o in overrides):
+        pytest.fail(f"{page}: {script} needs ckpt_path: {arguments}")
     cfg = compose_config(CONFIGS[script], [*overrides, f"paths.output_dir={tmp_path}"])
     if script == "src/train.py":
         check_settings(cfg)  # values in range, as the script would check them

@@ -176,7 +176,10 @@ RANGES = {
     "callbacks.dashboard.projector_digits": Range(0, integer=True),
     "thresholds": PROBABILITY,  # (eval.py's zeroing curve) each of the list
 }
-NAMES = {"data.dataset": ("MNIST", "FashionMNIST")}  # torchvision's classes in the MNIST format
+NAMES = {
+    "data.dataset": ("MNIST", "FashionMNIST"),  # torchvision's classes in the MNIST format
+    "split": ("train", "val", "test"),  # (predict.py)
+}
 LISTS = ("thresholds", "model.robustness_levels", "net.hidden", "net.channels")  # (each checked)
 NON_EMPTY = ("thresholds", "net.channels")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -220,6 +223,9 @@ def check_settings(cfg: DictConfig) -> None:
             if one is not None and not allowed.allows(one):
                 what = f"{key}={value!r}" if len(values) == 1 else f"{key} holds {one!r}, which"
                 raise SettingError(f"{what} is out of range: it must be {allowed}")
+    images = cfg.get("images")
+    if images is not None and not Path(images).exists():
+        raise SettingError(f"images={images}: there is no such file or folder")
     check_data_sizes(cfg)
 
 

@@ -150,22 +150,43 @@ class MNISTDataModule(pl.LightningDataModule):
         self.eval_noise_prob = noise_prob if eval_noise_prob is None else eval_noise_prob
         self.dataset = dataset  # a torchvision dataset class in the MNIST format
         self.train_images = self.val_images = self.test_images = None
-        self.train_labels = self.test_labels = None
+        self.train_labels = self.val_labels = self.test_labels = None
+        self.predict_split, self.predict_images = "test", None  # see predict_on
         self._generators: dict[torch.device, torch.Generator] = {}
 
+    def predict_on(self, split: str, images: torch.Tensor | None = None) -> None:
+        """What `trainer.predict` runs on: a split ("train", "val" or "test"), with the same
+        masks as its evaluation; or `images`, uint8 [N, 784] of one's own (no MNIST needed),
+        their masks seeded by the name `split`."""
+        self.predict_split, self.predict_images = split, images
+
+    def predict_dataloader(self) -> EvalBatches:
+        if self.predict_images is not None:
+            return EvalBatches(self.predict_images, self.noise_seed(self.predict_split),
+                               self.eval_batch_size)  # fmt: skip
+        return self.eval_batches(getattr(self, f"{self.predict_split}_images"), self.predict_split)
+
+    def own_images_only(self) -> bool:
+        return (
+            self.predict_images is not None and self.trainer is not None and self.trainer.predicting
+        )
+
     def prepare_data(self) -> None:
-        if self.train_images is None:  # fit and test share one check of the files
+        if self.train_images is None and not self.own_images_only():  # fit and test: one check
             ensure_dataset(self.data_dir, self.dataset)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_images is not None:
+        if self.train_images is not None or self.own_images_only():
             return  # loaded once, shared by fit and test
         dataset_class = getattr(torchvision.datasets, self.dataset)
         train = dataset_class(str(self.data_dir), train=True, download=False)
         test = dataset_class(str(self.data_dir), train=False, download=False)
         images = train.data.flatten(1)  # uint8 [N, 784]
         self.val_images, self.train_images = images[: self.num_val], images[self.num_val :]
-        self.train_labels = train.targets[self.num_val :]  # for the linear probe
+        self.val_labels, self.train_labels = (
+            train.targets[: self.num_val],
+            train.targets[self.num_val :],
+        )
         self.test_images, self.test_labels = test.data.flatten(1), test.targets
 
     def noise_seed(self, split: str) -> int:

@@ -131,6 +131,19 @@ class Autoencoder(pl.LightningModule):
             metrics[f"test/bce_masked_{level}"] = self.bce(clean * fixed_keep(noise, level), clean)
         self.log_dict(metrics, batch_size=len(clean), sync_dist=True)  # mean over all ranks
 
+    def predict_step(self, batch, batch_idx):
+        """Lightning's predict loop (src/predict.py): the codes of the batch's input, masked
+        at the data's `eval_noise_prob`, [B, H], and their reconstructions [B, 784]."""
+        clean, masked, _ = batch
+        codes = self.encode(masked)
+        reconstructions = torch.sigmoid(self.decode(codes))
+        return {
+            "codes": codes,
+            "clean": clean,
+            "inputs": masked,
+            "reconstructions": reconstructions,
+        }
+
     @torch.no_grad()
     def codes(self, images: torch.Tensor) -> torch.Tensor:
         """Hidden activations of uint8 images [N, 784], in chunks, on the CPU: [N, H], stored
