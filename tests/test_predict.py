@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from autoencoders.checkpoints import load_trained
-from autoencoders.config import SettingError, check_settings
+from autoencoders.config import REPO_ROOT, SettingError, check_settings
 from autoencoders.data import to_unit
 from autoencoders.masks import fixed_keep
 from autoencoders.prediction import ImageError, fit_to_mnist, grey, output_names, read_images
@@ -204,7 +204,29 @@ def test_predict_script_writes_into_its_run_directory(checkpoints, tmp_path):
                         f"hydra.run.dir={tmp_path}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert np.load(tmp_path / "codes.npz")["codes"].shape == (5000, 16)
+    refused = tmp_path / "refused"
     missing = run_script("predict.py", f"ckpt_path={checkpoints['conv']}",
-                         f"images={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/refused")  # fmt: skip
+                         f"images={tmp_path}/nowhere", f"hydra.run.dir={refused}")  # fmt: skip
     assert missing.returncode != 0 and "no such file or folder" in missing.stderr
-    assert not (tmp_path / "refused").exists()
+    assert not refused.exists()
+
+
+def readme_python_block() -> str:
+    """The README's Python API example, as written."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("## Using a trained model", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_python_api_runs_as_written(checkpoints):
+    block = readme_python_block()
+    assert 10 <= len(block.strip().splitlines()) <= 15
+    placeholder = '"outputs/<date>/<time>/checkpoints/last.ckpt"'
+    assert placeholder in block
+    namespace = {}
+    exec(block.replace(placeholder, repr(str(checkpoints["chapter"]))), namespace)  # noqa: S102
+    codes, images = namespace["codes"], namespace["images"]
+    assert codes.shape == (8, 16) and ((codes > 0) & (codes < 1)).all()
+    torch.testing.assert_close(namespace["decoded"], namespace["reconstructed"])
+    assert namespace["denoised"].shape == images.shape == (8, 784)
+    assert not torch.equal(namespace["denoised"], namespace["reconstructed"])
