@@ -82,8 +82,9 @@ def main() -> None:
                     if repeat:
                         rates[name].append(n / (time.perf_counter() - start))
         a, b = statistics.median(rates["A"]), statistics.median(rates["B"])
+        rounds = " ".join(f"{x / y:.2f}" for x, y in zip(rates["A"], rates["B"], strict=True))
         print(f"{net:8s} A {a:9.0f} images/s   B {b:9.0f} images/s   A/B {a / b:.2f}"
-              f"   (A/B per round: {' '.join(f'{x / y:.2f}' for x, y in zip(rates['A'], rates['B']))})")  # fmt: skip
+              f"   (A/B per round: {rounds})")  # fmt: skip
 
 
 if __name__ == "__main__":
