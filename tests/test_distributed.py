@@ -148,7 +148,6 @@ def test_slurm_launcher_follows_the_trainer(mnist_dir, tmp_path):
     assert launcher.partition == "gpu" and launcher.timeout_min == 60
 
 
-
 def test_every_train_val_and_test_metric_is_logged_as_the_mean_over_the_ranks(
     make_cfg, monkeypatch
 ):
