@@ -6,12 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: train test lint mutation constraints clean-venv
+.PHONY: train test lint notebook mutation constraints clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sweeps,trackers]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sweeps,trackers,notebook]'
 	touch $@
 
 train: $(VENV)/.installed  ## the chapter's plain autoencoder on MNIST (extra Hydra overrides: ARGS="...")
@@ -23,6 +23,10 @@ test: $(VENV)/.installed  ## the test suite (offline, synthetic data; ARGS='-m "
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+
+notebook: $(VENV)/.installed  ## run notebooks/chapter.ipynb on MNIST (data/, or CHAPTER_DATA_DIR) and save its outputs
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=3600 notebooks/chapter.ipynb
 
 mutation: $(VENV)/.installed  ## mutation testing with mutmut against the quick suite (docs/testing.md)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[mutation]'
