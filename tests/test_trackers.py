@@ -115,3 +115,58 @@ def test_tensorboard_projector_holds_the_codes_labels_and_digits(make_cfg, tmp_p
 def test_the_projector_can_be_turned_off(make_cfg, tmp_path):
     train(make_cfg("callbacks.dashboard.projector_digits=0"))
     assert not list((tmp_path / "tensorboard").rglob("projector_config.pbtxt"))
+
+
+@pytest.mark.slow
+@needs("mlflow")
+def test_the_readmes_mlflow_ui_command_serves_the_runs_metrics_and_pictures(make_cfg, tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    (tmp_path / "outputs").mkdir()
+    metrics = train(make_cfg("logger=mlflow", f"paths.root_dir={tmp_path}"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # the README's command, run where the README runs it (the store's folder)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
+         "sqlite:///outputs/mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def api(path: str, body: dict | None = None, deadline: float = time.time() + 120):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=20) as response:
+                    return response.read()
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+
+    try:
+        page = api("/").decode()
+        experiments = json.loads(api("/api/2.0/mlflow/experiments/search", {"max_results": 10}))
+        (experiment,) = [e for e in experiments["experiments"] if e["name"] == "autoencoders"]
+        runs = json.loads(api("/api/2.0/mlflow/runs/search",
+                              {"experiment_ids": [experiment["experiment_id"]]}))  # fmt: skip
+        (run,) = runs["runs"]
+        served = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        run_id = run["info"]["run_id"]
+        pictures = json.loads(api(f"/api/2.0/mlflow/artifacts/list?run_id={run_id}"
+                                  "&path=test/reconstructions"))  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "<title>MLflow</title>" in page or "mlflow" in page.lower()
+    assert served["test/bce"] == pytest.approx(metrics["test/bce"])
+    assert [f["path"] for f in pictures["files"] if f["path"].endswith(".png")]

@@ -310,3 +310,48 @@ class LinearProbe(pl.Callback):
             train_codes, datamodule.train_labels, test_codes, datamodule.test_labels
         )
         pl_module.log("test/probe_accuracy", accuracy)
+
+
+class OptunaPruning(pl.Callback):
+    """In a search (hparams_search=...), reports `monitor` to this job's Optuna trial after
+    each validation, at its step, and stops a trial that the study's pruner finds hopeless
+    (optuna.TrialPruned, which the sweeper records as pruned). The last step's validation is
+    reported but never pruned: the trial is complete. Off without a trial number."""
+
+    def __init__(self, monitor: str, trial: int | None = None, study_name: str | None = None,
+                 storage: str | None = None, pruner=None):  # fmt: skip
+        self.monitor, self.number, self.study_name = monitor, trial, study_name
+        self.storage, self.pruner = storage, pruner
+        self.trial = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.number is None or stage != "fit" or not trainer.is_global_zero:
+            return
+        if self.storage is None:
+            log.warning("callbacks.pruning: no hydra.sweeper.storage, so no pruning")
+            return
+        import optuna
+
+        storage = optuna.storages.get_storage(self.storage)
+        study_id = storage.get_study_id_from_name(self.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
+        study = optuna.load_study(study_name=self.study_name, storage=storage,
+                                  pruner=self.pruner or optuna.pruners.NopPruner())  # fmt: skip
+        self.trial = optuna.trial.Trial(study, trial_id)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.number is None or trainer.sanity_checking:
+            return
+        prune = False
+        if self.trial is not None:  # rank 0 reports; every rank stops together
+            value = float(trainer.callback_metrics[self.monitor])
+            self.trial.report(value, trainer.global_step)
+            prune = trainer.global_step < trainer.max_steps and self.trial.should_prune()
+        if trainer.strategy.broadcast(prune):
+            import optuna
+
+            reason = (f"pruned at step {trainer.global_step}: "
+                      f"{self.monitor}={float(trainer.callback_metrics[self.monitor]):.4f}")  # fmt: skip
+            if trainer.is_global_zero:  # the sweep report's status of this job
+                Path(trainer.default_root_dir, "pruned.txt").write_text(reason + "\n")
+            raise optuna.TrialPruned(f"trial {self.number} {reason}")

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -84,6 +85,8 @@ def read_job(job_dir: Path, sweep_dir: Path) -> dict:
             row["status"] = f"failed (unreadable metrics.json: {error})"
             return row
         row.update(metrics, status="done")
+    elif (job_dir / "pruned.txt").is_file():  # (autoencoders.callbacks.OptunaPruning)
+        row["status"] = (job_dir / "pruned.txt").read_text().strip()
     elif (job_dir / "checkpoints" / "last.ckpt").is_file():
         row["status"] = "failed or unfinished (has checkpoints/last.ckpt)"
     else:
@@ -97,7 +100,8 @@ def replicate_group(task_overrides) -> str:
     (`paths.*`) does not change what it trained."""
     from autoencoders.config import override_key
 
-    ignored = ("seed", "paths.root_dir", "paths.output_dir")
+    # (a resumed job trains what it would have uninterrupted; a search tells each job its trial)
+    ignored = ("seed", "paths.root_dir", "paths.output_dir", "ckpt_path", "callbacks.pruning.trial")
     others = sorted(o for o in task_overrides if override_key(o) not in ignored)
     return ",".join(others) or "(no overrides)"
 
@@ -270,6 +274,43 @@ def plot_features(rows: list[dict], sweep_dir: Path, path: Path) -> bool:
     return True
 
 
+def plot_study(sweep_dir: Path) -> list[str]:
+    """A search's Optuna plots (optuna_history.png, optuna_importances.png,
+    optuna_parallel.png) from the study that its optimization_results.yaml names, if stored;
+    the files written."""
+    results_file = sweep_dir / "optimization_results.yaml"
+    if not results_file.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    results = OmegaConf.load(results_file)
+    if not results.get("storage"):
+        print(f"{results_file}: an in-memory study, so no Optuna plots", file=sys.stderr)
+        return []
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    new_axes()  # (the Agg backend)
+    study = optuna.load_study(study_name=results.study_name, storage=results.storage)
+    written = []
+    for name, plot in (("history", plots.plot_optimization_history),
+                       ("importances", plots.plot_param_importances),
+                       ("parallel", plots.plot_parallel_coordinate)):  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError) as error:  # e.g. importances of one trial
+                print(f"optuna_{name}.png not written: {error}", file=sys.stderr)
+                continue
+        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        save(figure, sweep_dir / f"optuna_{name}.png")
+        written.append(f"optuna_{name}.png")
+    return written
+
+
 def write_sweep_report(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     """report.md (the jobs, then the groups of replicates), report.csv (the jobs),
     replicates.csv (the groups) and the plots report.png (test/bce against noise_prob),
@@ -291,4 +332,5 @@ def write_sweep_report(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         single_run = any(r["job"] == "." for r in rows)  # (its own features.png stays)
         if not single_run and plot_features(rows, sweep_dir, sweep_dir / "features.png"):
             written.append("features.png")
+    written += plot_study(sweep_dir)
     return rows, written

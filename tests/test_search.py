@@ -1,0 +1,221 @@
+"""Searches on Optuna >= 4 (src/hydra_plugins/optuna_search): the search space, pruning, the
+results of each job, parallel trials and shared studies, the plots and the dashboard."""
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from autoencoders.config import REPO_ROOT
+from hydra_plugins.optuna_search.sweeper import OptunaSearch, distribution
+from report import main as report_main
+from train import train
+
+from .conftest import compose_config, run_script, tiny_overrides
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def parsed(line: str):
+    return distribution(OverridesParser.create().parse_override(line))
+
+
+def test_hydra_sweeps_become_optuna_distributions():
+    assert parsed("optimizer=choice(adagrad,adam)") == CategoricalDistribution(["adagrad", "adam"])
+    assert parsed("batch_size=choice(32,64)") == CategoricalDistribution([32, 64])
+    assert parsed("learning_rate=tag(log, interval(0.001, 1.0))") == FloatDistribution(
+        0.001, 1.0, log=True
+    )
+    assert parsed("noise_prob=interval(0.0, 0.8)") == FloatDistribution(0.0, 0.8)
+    assert parsed("latent_space=int(interval(16, 256))") == IntDistribution(16, 256)
+    assert parsed("latent_space=tag(log, int(interval(16, 256)))") == IntDistribution(
+        16, 256, log=True
+    )
+    assert parsed("latent_space=range(16, 64, 16)") == IntDistribution(16, 48, step=16)
+    assert parsed("seed=3") is None  # a plain value: fixed for every trial
+
+
+def sweeper(**kwargs) -> OptunaSearch:
+    settings = dict(direction="minimize", study_name="s", storage=None, n_trials=1, n_jobs=1,
+                    sampler=None, pruner=None, trial_override=None, params={})  # fmt: skip
+    return OptunaSearch(**{**settings, **kwargs})
+
+
+def test_each_jobs_result_is_told_to_its_trial_and_a_failure_raises():
+    study = optuna.create_study()
+    search = sweeper()
+    done, pruned, failed = study.ask(), study.ask(), study.ask()
+    search.tell(study, done, JobReturn(status=JobStatus.COMPLETED, _return_value=0.25))
+    stopped = optuna.TrialPruned("at step 10")
+    search.tell(study, pruned, JobReturn(status=JobStatus.FAILED, _return_value=stopped))
+    with pytest.raises(ZeroDivisionError):
+        search.tell(study, failed, JobReturn(status=JobStatus.FAILED,
+                                             _return_value=ZeroDivisionError()))  # fmt: skip
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "FAIL"]
+    assert study.trials[0].value == 0.25
+
+
+def test_a_job_is_told_its_trial_and_where_its_study_is():
+    search = sweeper(trial_override="callbacks.pruning.trial", storage="sqlite:///o/it's.db")
+    trial = optuna.create_study(study_name="a,b=1").ask({"lr": FloatDistribution(0.1, 0.2)})
+    overrides = search.job_overrides(trial, ["trainer=debug"])
+    assert overrides[0].startswith("lr=0.1") and overrides[1] == "trainer=debug"
+    assert overrides[2:] == ("callbacks.pruning.trial=0", "hydra.sweeper.study_name='a,b=1'",
+                             "hydra.sweeper.storage='sqlite:///o/it\\'s.db'")  # fmt: skip
+    parser = OverridesParser.create()
+    assert parser.parse_override(overrides[4]).value() == "sqlite:///o/it's.db"
+
+
+@pytest.fixture
+def study_with_a_good_trial(tmp_path):
+    """A stored study whose trial 0 reached val/bce 0.1 at steps 5 and 10, and its trial 1."""
+    storage = f"sqlite:///{tmp_path}/study.db"
+    study = optuna.create_study(study_name="search", storage=storage)
+    good = study.ask()
+    good.report(0.1, 5)
+    good.report(0.1, 10)
+    study.tell(good, 0.1)
+    study.ask()
+    return storage
+
+
+def pruned_run_cfg(mnist_dir, tmp_path, storage, *overrides):
+    return compose_config("train", [
+        *tiny_overrides(mnist_dir, tmp_path / "run"), "hparams_search=optimizer",
+        "hydra.sweeper.study_name=search", f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0",
+        "callbacks.pruning.trial=1", "trainer.val_check_interval=5", "~callbacks.probe",
+        *overrides,
+    ])  # fmt: skip
+
+
+def test_a_hopeless_trial_stops_at_its_first_validation(mnist_dir, tmp_path,
+                                                         study_with_a_good_trial):  # fmt: skip
+    cfg = pruned_run_cfg(mnist_dir, tmp_path, study_with_a_good_trial, "trainer.max_steps=20")
+    with pytest.raises(optuna.TrialPruned, match=r"trial 1 pruned at step 5: val/bce=0\.\d+"):
+        train(cfg)
+    trial = optuna.load_study(study_name="search", storage=study_with_a_good_trial).trials[1]
+    assert list(trial.intermediate_values) == [5]  # reported at its step, then stopped
+    assert trial.intermediate_values[5] > 0.1
+    assert (tmp_path / "run" / "pruned.txt").read_text().startswith("pruned at step 5")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_trial_at_its_last_step_is_reported_but_never_pruned(
+    mnist_dir, tmp_path, study_with_a_good_trial
+):
+    cfg = pruned_run_cfg(mnist_dir, tmp_path, study_with_a_good_trial, "trainer.max_steps=5")
+    metrics = train(cfg)
+    trial = optuna.load_study(study_name="search", storage=study_with_a_good_trial).trials[1]
+    assert trial.intermediate_values == {5: pytest.approx(metrics["val/bce"])}
+
+
+def search_command(mnist_dir, tmp_path, *overrides):
+    return ["train.py", "-m", "hparams_search=optimizer", f"paths.root_dir={tmp_path}",
+            "trainer=debug", f"data.data_dir={mnist_dir}", "~callbacks.probe",
+            *overrides]  # fmt: skip
+
+
+def study_trials(tmp_path, name):
+    return optuna.load_study(
+        study_name=name, storage=f"sqlite:///{tmp_path}/outputs/{name}.db"
+    ).trials
+
+
+@pytest.mark.slow
+def test_a_search_prunes_a_hopeless_trial_and_its_report_says_so(mnist_dir, tmp_path):
+    fixed = ["hydra.sweeper.study_name=pruning", "hydra.sweeper.pruner.n_startup_trials=1",
+             "hydra.sweeper.pruner.n_warmup_steps=0", "~hydra.sweeper.params.optimizer",
+             "~hydra.sweeper.params.learning_rate", "~hydra.sweeper.params.batch_size"]  # fmt: skip
+    for learning_rate, sweep in (("0.3", "good"), ("0.000001", "hopeless")):
+        result = run_script(*search_command(mnist_dir, tmp_path, *fixed, "hydra.sweeper.n_trials=1",
+                                            f"learning_rate={learning_rate}",
+                                            f"hydra.sweep.dir={tmp_path / sweep}"))  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    trials = study_trials(tmp_path, "pruning")
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
+    assert list(trials[1].intermediate_values) == [10]  # trainer=debug validates every 10 steps
+    assert report_main([str(tmp_path / "hopeless")]) == 0
+    (row,) = csv.DictReader((tmp_path / "hopeless" / "report.csv").open())
+    assert row["status"].startswith("pruned at step 10: val/bce=")
+
+
+@pytest.mark.slow
+def test_trials_run_in_parallel_and_two_searches_share_one_study(mnist_dir, tmp_path):
+    parallel = search_command(mnist_dir, tmp_path, "hydra/launcher=joblib",
+                              "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2",
+                              "hydra.sweeper.study_name=shared",
+                              f"hydra.sweep.dir={tmp_path / 'parallel'}")  # fmt: skip
+    result = run_script(*parallel)
+    assert result.returncode == 0, result.stderr[-3000:]
+    spans = []  # each job's first and last log line: the two overlap
+    for log in (tmp_path / "parallel").glob("*/train.log"):
+        stamps = [line[1:24] for line in log.read_text().splitlines() if line.startswith("[20")]
+        spans.append((stamps[0], stamps[-1]))
+    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    assert b_start < a_end
+    # two searches started at once on the same study: their trials add up, numbered apart
+    one = search_command(mnist_dir, tmp_path, "hydra.sweeper.n_trials=2",
+                         "hydra.sweeper.study_name=shared")  # fmt: skip
+    processes = [subprocess.Popen([sys.executable, f"src/{one[0]}", *one[1:],
+                                   f"hydra.sweep.dir={tmp_path / name}"], cwd=REPO_ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for name in ("first", "second")]  # fmt: skip
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+    trials = study_trials(tmp_path, "shared")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 6
+    assert sorted(t.number for t in trials) == list(range(6))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, deadline: float):
+    """GET url as JSON, retrying until the server is up or `deadline` passes."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_searchs_report_plots_its_study_and_the_dashboard_serves_it(mnist_dir, tmp_path):
+    sweep = tmp_path / "search"
+    result = run_script(*search_command(mnist_dir, tmp_path, "hydra.sweeper.n_trials=3",
+                                        "hydra.sweeper.study_name=browse",
+                                        f"hydra.sweep.dir={sweep}"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report_main([str(sweep)]) == 0
+    for plot in ("history", "importances", "parallel"):
+        assert (sweep / f"optuna_{plot}.png").stat().st_size > 10_000, plot
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [str(Path(sys.executable).parent / "optuna-dashboard"),  # the suite's environment's
+         f"sqlite:///{tmp_path}/outputs/browse.db", "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        studies = get_json(f"http://127.0.0.1:{port}/api/studies", time.time() + 60)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+    (study,) = studies["study_summaries"]
+    assert study["study_name"] == "browse"
