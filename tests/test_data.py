@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autoencoders.data import MNISTDataModule, TrainBatches
-from autoencoders.masks import fixed_keep
+from autoencoders.masks import derive_seed, fixed_keep, keep_mask
 
 from .conftest import NUM_TEST, NUM_TRAIN_FILE
 
@@ -115,6 +115,20 @@ def test_training_masks_are_fresh_per_step_and_fixed_per_seed_and_step(mnist_dir
     assert not torch.equal(dm.train_keep(0, shape, cpu), dm.train_keep(1, shape, cpu))
     assert torch.equal(dm.train_keep(5, shape, cpu), same_seed.train_keep(5, shape, cpu))
     assert not torch.equal(dm.train_keep(5, shape, cpu), other_seed.train_keep(5, shape, cpu))
+
+
+def test_the_order_and_masks_are_the_documented_seeded_streams(mnist_dir):
+    """What keeps published numbers reproducible across versions: pass k's order is a
+    permutation from a generator seeded with (seed, "order", k), batch i's mask one drawn
+    from (seed, "mask", i)."""
+    dm = datamodule(mnist_dir, noise_prob=0.3, seed=7)
+    shape, cpu = torch.Size((64, 784)), torch.device("cpu")
+    expected = keep_mask(shape, 0.3, torch.Generator().manual_seed(derive_seed(7, "mask", 12)))
+    assert torch.equal(dm.train_keep(12, shape, cpu), expected)
+    batches = TrainBatches(dm.train_images, 64, 7, lambda: 0)
+    first_pass = torch.Generator().manual_seed(derive_seed(7, "order", 0))
+    order = torch.randperm(len(dm.train_images), generator=first_pass)
+    assert torch.equal(batches.indices(3), order[192:256])
 
 
 def test_validation_and_test_masks_are_fixed_across_epochs_and_runs(mnist_dir):

@@ -92,6 +92,45 @@ def test_the_chapter_net_keeps_its_draws_and_parameter_names():
         assert torch.equal(param, want), name
 
 
+@pytest.mark.parametrize("net", NETS)
+def test_each_nets_defaults_are_its_documented_ones(net):
+    from autoencoders import nets
+
+    encoder, decoder = getattr(nets, net)()
+    assert encoder(torch.rand(2, 784)).shape == (2, 128)  # latent_space 128
+    widths = [p.shape[0] for p in encoder.parameters() if p.ndim > 1]
+    assert widths == {"chapter": [128], "mlp": [512, 256, 128], "conv": [16, 32, 128]}[net]
+
+
+def test_the_chapter_nets_init_std_is_a_setting():
+    from autoencoders import nets
+
+    torch.manual_seed(0)
+    encoder, decoder = nets.chapter(latent_space=128, init_std=0.05)
+    for values in (encoder.weight, decoder.weight):
+        assert values.abs().max() <= 0.1 and values.std().item() == pytest.approx(0.044, abs=0.002)
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_deep_nets_init_he_before_each_relu_glorot_on_the_last_layer_biases_zero(net):
+    from autoencoders import nets
+
+    torch.manual_seed(0)
+    for stack in getattr(nets, net)(latent_space=64):
+        weighted = [m for m in stack if isinstance(m, torch.nn.Linear | torch.nn.Conv2d
+                                                   | torch.nn.ConvTranspose2d)]  # fmt: skip
+        for module in weighted:
+            fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
+            std = module.weight.std().item()
+            if module is weighted[-1]:  # Glorot uniform: bound sqrt(6 / (fan_in + fan_out))
+                bound = (6 / (fan_in + fan_out)) ** 0.5
+                assert module.weight.abs().max() <= bound
+                assert std == pytest.approx(bound / 3**0.5, rel=0.15)
+            else:  # He normal for a ReLU: std sqrt(2 / fan_in)
+                assert std == pytest.approx((2 / fan_in) ** 0.5, rel=0.15)
+            assert not module.bias.any()
+
+
 def test_zeroing_sets_small_activations_to_zero_and_keeps_the_rest():
     model = make_model(threshold=0.1)
     hidden = torch.tensor([[0.05, 0.1, 0.5, 0.099, 0.0]])
