@@ -207,3 +207,11 @@ def test_evaluation_masks_follow_eval_noise_prob_when_it_is_set(mnist_dir):
     assert (1 - (masked > 0).float().sum() / (clean > 0).float().sum()).item() == pytest.approx(
         0.3, abs=0.05
     )
+
+
+def test_evaluation_masks_near_noise_1_keep_only_the_top_level_and_are_boolean():
+    every_level = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    top = fixed_keep(every_level, 65535 / 65536)  # one level of 65,536 kept: the highest
+    assert top.dtype == torch.bool and top.sum() == 1 and top[-1]
+    none = fixed_keep(every_level, 1 - 1e-7)  # within 1/131072 of 1: nothing kept
+    assert none.dtype == torch.bool and not none.any()

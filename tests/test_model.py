@@ -135,6 +135,8 @@ def test_zeroing_sets_small_activations_to_zero_and_keeps_the_rest():
     model = make_model(threshold=0.1)
     hidden = torch.tensor([[0.05, 0.1, 0.5, 0.099, 0.0]])
     assert torch.equal(model.zeroed(hidden), torch.tensor([[0.0, 0.1, 0.5, 0.0, 0.0]]))
+    # another threshold (eval.py's zeroing curve) instead of the model's
+    assert torch.equal(model.zeroed(hidden, 0.3), torch.tensor([[0.0, 0.0, 0.5, 0.0, 0.0]]))
 
 
 def test_adagrad_config_matches_tf1_adagrad_optimizer(make_cfg):
