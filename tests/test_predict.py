@@ -188,14 +188,30 @@ def test_without_masking_there_is_no_masked_folder_and_two_columns(checkpoints, 
     assert list(np.load(tmp_path / "run" / "codes.npz")["names"]) == ["zero.png"]
 
 
-def test_a_folder_without_images_is_an_error_naming_it(tmp_path):
+def test_a_folder_without_images_is_an_error_naming_it_before_the_run(tmp_path, checkpoints):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(ImageError, match=f"images={tmp_path}: no image that Pillow can read"):
         read_images(tmp_path)
+    cfg = predict_cfg(checkpoints["chapter"], tmp_path / "run", f"images={tmp_path}")
+    with pytest.raises(SettingError, match="no image that Pillow can read"):
+        check_settings(cfg)  # as CheckSettingsFirst does, before the run directory exists
+
+
+def test_subfolders_and_images_too_large_to_open_are_named_and_skipped(tmp_path, caplog):
+    draw_digit().save(tmp_path / "zero.png")
+    (tmp_path / "more").mkdir()
+    draw_digit().save(tmp_path / "more" / "inside.png")
+    Image.new("1", (14000, 13000)).save(tmp_path / "bomb.png")  # 182 megapixels, a small file
+    with caplog.at_level(logging.WARNING):
+        images, names = read_images(tmp_path)
+    assert names == ["zero.png"] and images.shape == (1, 784)
+    assert "bomb.png" in caplog.text and "subfolders" in caplog.text and "more" in caplog.text
 
 
 def test_output_names_keep_clashing_stems_apart():
     assert output_names(["a.png", "a.jpg", "b.tif"]) == ["a_png.png", "a_jpg.png", "b.png"]
+    names = output_names(["a.png", "a.jpg", "a_png.png"])
+    assert names == ["a_png.png", "a_jpg.png", "a_png_2.png"]
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from autoencoders.config import REPO_ROOT
@@ -51,22 +52,50 @@ def sweeper(**kwargs) -> OptunaSearch:
     return OptunaSearch(**{**settings, **kwargs})
 
 
-def test_each_jobs_result_is_told_to_its_trial_and_a_failure_raises():
+def test_each_jobs_result_is_told_to_its_trial():
     study = optuna.create_study()
     search = sweeper()
     done, pruned, failed = study.ask(), study.ask(), study.ask()
     search.tell(study, done, JobReturn(status=JobStatus.COMPLETED, _return_value=0.25))
     stopped = optuna.TrialPruned("at step 10")
     search.tell(study, pruned, JobReturn(status=JobStatus.FAILED, _return_value=stopped))
-    with pytest.raises(ZeroDivisionError):
-        search.tell(study, failed, JobReturn(status=JobStatus.FAILED,
-                                             _return_value=ZeroDivisionError()))  # fmt: skip
+    failure = JobReturn(status=JobStatus.FAILED, _return_value=ZeroDivisionError())
+    assert not search.tell(study, failed, failure)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "FAIL"]
     assert study.trials[0].value == 0.25
 
 
+def test_a_pruned_job_is_known_by_its_folder_when_its_error_comes_back_wrapped(tmp_path):
+    study = optuna.create_study()
+    (tmp_path / "pruned.txt").write_text("pruned at step 10: val/bce=0.3000\n")
+    wrapped = RuntimeError("ProcessRaisedException: ... TrialPruned")  # as ddp_spawn returns it
+    job = JobReturn(status=JobStatus.FAILED, _return_value=wrapped, working_dir=str(tmp_path))
+    assert sweeper().tell(study, study.ask(), job)
+    assert study.trials[0].state.name == "PRUNED"
+
+
+def test_a_search_job_run_again_outside_its_search_trains_without_pruning(
+    tmp_path, study_with_a_good_trial, caplog
+):
+    from autoencoders.callbacks import OptunaPruning
+
+    missing = OptunaPruning("val/bce", trial=1, study_name="search",
+                            storage=f"sqlite:///{tmp_path}/elsewhere.db")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert missing.find_trial() is None
+        assert not (tmp_path / "elsewhere.db").exists()  # no empty database made
+        other = OptunaPruning("val/bce", 1, "another study", study_with_a_good_trial)
+        assert other.find_trial() is None
+        finished = OptunaPruning("val/bce", 0, "search", study_with_a_good_trial)  # trial 0: done
+        assert finished.find_trial() is None
+        running = OptunaPruning("val/bce", 1, "search", study_with_a_good_trial)
+        assert running.find_trial().number == 1
+    assert "no such file" in caplog.text and "has finished" in caplog.text
+
+
 def test_a_job_is_told_its_trial_and_where_its_study_is():
     search = sweeper(trial_override="callbacks.pruning.trial", storage="sqlite:///o/it's.db")
+    search.config = OmegaConf.create({"callbacks": {"pruning": {"trial": None}}})
     trial = optuna.create_study(study_name="a,b=1").ask({"lr": FloatDistribution(0.1, 0.2)})
     overrides = search.job_overrides(trial, ["trainer=debug"])
     assert overrides[0].startswith("lr=0.1") and overrides[1] == "trainer=debug"
@@ -74,6 +103,33 @@ def test_a_job_is_told_its_trial_and_where_its_study_is():
                              "hydra.sweeper.storage='sqlite:///o/it\\'s.db'")  # fmt: skip
     parser = OverridesParser.create()
     assert parser.parse_override(overrides[4]).value() == "sqlite:///o/it's.db"
+    search.config = OmegaConf.create({"callbacks": {}})  # ~callbacks.pruning: nothing to tell
+    assert search.job_overrides(trial, []) == overrides[:1]
+
+
+def test_a_value_the_command_line_fixes_is_not_searched():
+    search = sweeper(params={"learning_rate": "interval(0.001, 1.0)", "optimizer": "choice(a,b)"})
+    space, fixed = search.search_space(["learning_rate=0.1", "seed=choice(0,1)"])
+    assert set(space) == {"optimizer", "seed"} and fixed == ["learning_rate=0.1"]
+    assert parsed("x=range(0,1,0.3)") == FloatDistribution(0, 0.9, step=0.3)  # 0 ... 0.9
+
+
+def test_a_failed_job_stops_the_search_after_its_batch_is_told(tmp_path):
+    class Launcher:
+        def launch(self, jobs, initial_job_idx):
+            return [JobReturn(status=JobStatus.FAILED, _return_value=ZeroDivisionError()),
+                    JobReturn(status=JobStatus.COMPLETED, _return_value=0.3)]  # fmt: skip
+
+    search = sweeper(n_jobs=2, n_trials=4, storage=f"sqlite:///{tmp_path}/s.db")
+    search.launcher, search.config = (
+        Launcher(),
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}),
+    )
+    with pytest.raises(ZeroDivisionError):
+        search.sweep([])
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]  # the batch's other trial
+    assert (tmp_path / "optimization_results.yaml").is_file()
 
 
 @pytest.fixture

@@ -327,31 +327,48 @@ class OptunaPruning(pl.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.number is None or stage != "fit" or not trainer.is_global_zero:
             return
-        if self.storage is None:
-            log.warning("callbacks.pruning: no hydra.sweeper.storage, so no pruning")
-            return
+        self.trial = self.find_trial()
+
+    def find_trial(self):
+        """This job's trial, to report to; None (no pruning, with a warning) where it cannot
+        be found or has finished: no storage, a job run again by hand outside its search."""
         import optuna
 
+        where = f"trial {self.number} of study {self.study_name!r} in {self.storage}"
+        if self.storage is None:
+            log.warning("callbacks.pruning: no hydra.sweeper.storage, so no pruning")
+            return None
+        database = self.storage.removeprefix("sqlite:///")
+        if self.storage.startswith("sqlite:///") and not Path(database).is_file():
+            log.warning("callbacks.pruning: no %s (no such file), so no pruning", where)
+            return None  # (opening the storage would create an empty database)
         storage = optuna.storages.get_storage(self.storage)
-        study_id = storage.get_study_id_from_name(self.study_name)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
+        try:
+            study_id = storage.get_study_id_from_name(self.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
+        except KeyError:
+            log.warning("callbacks.pruning: no %s, so no pruning", where)
+            return None
+        if storage.get_trial(trial_id).state.is_finished():
+            log.warning("callbacks.pruning: %s has finished, so no pruning", where)
+            return None
         study = optuna.load_study(study_name=self.study_name, storage=storage,
                                   pruner=self.pruner or optuna.pruners.NopPruner())  # fmt: skip
-        self.trial = optuna.trial.Trial(study, trial_id)
+        return optuna.trial.Trial(study, trial_id)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.number is None or trainer.sanity_checking:
             return
         prune = False
-        if self.trial is not None:  # rank 0 reports; every rank stops together
+        if self.trial is not None:  # rank 0 reports (or nothing, see find_trial); all stop together
             value = float(trainer.callback_metrics[self.monitor])
             self.trial.report(value, trainer.global_step)
             prune = trainer.global_step < trainer.max_steps and self.trial.should_prune()
         if trainer.strategy.broadcast(prune):
             import optuna
 
-            reason = (f"pruned at step {trainer.global_step}: "
-                      f"{self.monitor}={float(trainer.callback_metrics[self.monitor]):.4f}")  # fmt: skip
+            value = float(trainer.callback_metrics[self.monitor])
+            reason = f"pruned at step {trainer.global_step}: {self.monitor}={value:.4f}"
             if trainer.is_global_zero:  # the sweep report's status of this job
                 Path(trainer.default_root_dir, "pruned.txt").write_text(reason + "\n")
             raise optuna.TrialPruned(f"trial {self.number} {reason}")

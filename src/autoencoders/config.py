@@ -223,9 +223,13 @@ def check_settings(cfg: DictConfig) -> None:
             if one is not None and not allowed.allows(one):
                 what = f"{key}={value!r}" if len(values) == 1 else f"{key} holds {one!r}, which"
                 raise SettingError(f"{what} is out of range: it must be {allowed}")
-    images = cfg.get("images")
-    if images is not None and not Path(images).exists():
-        raise SettingError(f"images={images}: there is no such file or folder")
+    if cfg.get("images") is not None:  # (predict.py)
+        from autoencoders.prediction import ImageError, check_images
+
+        try:
+            check_images(cfg.images)
+        except ImageError as error:
+            raise SettingError(str(error)) from None
     check_data_sizes(cfg)
 
 

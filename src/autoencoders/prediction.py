@@ -68,23 +68,32 @@ def fit_to_mnist(values: np.ndarray) -> np.ndarray:
     return frame
 
 
+def image_files(path: Path) -> list[Path]:
+    """`path`, or the files in the folder `path` sorted by name (its subfolders are not read:
+    a warning names them)."""
+    if not path.is_dir():
+        return [path]
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if folders:
+        log.warning("images: the subfolders of %s are not read: %s", path, ", ".join(folders))
+    return sorted(p for p in path.iterdir() if p.is_file())
+
+
 def read_images(path: str | Path, dark_on_light: bool = False) -> tuple[torch.Tensor, list[str]]:
     """The image at `path`, or every image in the folder `path` (sorted by name), as MNIST
-    digits: uint8 [N, 784], and their file names. Files that are not images are skipped
-    with a warning; an ImageError if nothing can be read."""
+    digits: uint8 [N, 784], and their file names. Files that are not images (or too large for
+    Pillow to open safely) are skipped with a warning; an ImageError if nothing can be read."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"images={path}: there is no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     digits, names = [], []
-    for file in files:
+    for file in image_files(path):
         try:
             with Image.open(file) as image:
                 image.load()
                 digits.append(fit_to_mnist(grey(image, dark_on_light)))
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            log.warning("images: skipping %s, which is not an image Pillow can read (%s)",
-                        file, error)  # fmt: skip
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
+            log.warning("images: skipping %s, which Pillow cannot read (%s)", file, error)
             continue
         names.append(file.name)
     if not digits:
@@ -92,14 +101,36 @@ def read_images(path: str | Path, dark_on_light: bool = False) -> tuple[torch.Te
     return torch.from_numpy(np.stack(digits)).flatten(1), names
 
 
+def check_images(path: str | Path) -> None:
+    """An ImageError unless `path` exists and holds at least one file Pillow recognises (its
+    header only: cheap enough to check before a run)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"images={path}: there is no such file or folder")
+    for file in image_files(path):
+        try:
+            with Image.open(file):
+                return
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+            continue
+    raise ImageError(f"images={path}: no image that Pillow can read (PNG, JPEG, ...) there")
+
+
 def output_names(names: list[str]) -> list[str]:
-    """A PNG name per input file: its stem, with its extension too where two stems clash."""
+    """A distinct PNG name per input file: its stem, with its extension where two stems
+    clash, and a number where even those clash."""
     stems = [Path(name).stem for name in names]
-    return [
-        f"{Path(name).stem}_{Path(name).suffix.lstrip('.')}.png" if stems.count(stem) > 1
-        else f"{stem}.png"
-        for name, stem in zip(names, stems, strict=True)
-    ]  # fmt: skip
+    wanted = [f"{Path(name).stem}_{Path(name).suffix.lstrip('.')}" if stems.count(stem) > 1
+              else stem for name, stem in zip(names, stems, strict=True)]  # fmt: skip
+    taken, out = set(), []
+    for name in wanted:
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name}_{n}"
+        taken.add(unique)
+        out.append(f"{unique}.png")
+    return out
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -57,11 +57,13 @@ def distribution(override: Override):
     if override.is_choice_sweep() or (override.is_range_sweep() and override.value().shuffle):
         return d.CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
     value = override.value()
-    if override.is_range_sweep():
-        numbers = (value.start, value.stop, value.step)
-        if any(isinstance(x, float) for x in numbers):
-            return d.FloatDistribution(value.start, value.stop - value.step, step=value.step)
-        return d.IntDistribution(int(value.start), int(value.stop) - 1, step=int(value.step))
+    if override.is_range_sweep():  # from start, by step, to the last value before stop
+        count = len(list(override.sweep_iterator()))
+        if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
+            last = round(value.start + value.step * (count - 1), 12)  # (0.9, not 0.8999...)
+            return d.FloatDistribution(value.start, last, step=value.step)
+        last = int(value.start) + int(value.step) * (count - 1)
+        return d.IntDistribution(int(value.start), last, step=int(value.step))
     assert isinstance(value, IntervalSweep)
     log_scale = "log" in value.tags
     if isinstance(value.start, int) and isinstance(value.end, int):
@@ -98,8 +100,9 @@ class OptunaSearch(Sweeper):
         lines = [f"{name}={value}" for name, value in self.params.items()]
         for override in parser.parse_overrides(lines + list(arguments)):
             found = distribution(override)
-            if found is None:
+            if found is None:  # a value the command line fixes is not searched
                 fixed.append(override.input_line)
+                space.pop(override.get_key_element(), None)
             else:
                 space[override.get_key_element()] = found
         return space, fixed
@@ -121,8 +124,11 @@ class OptunaSearch(Sweeper):
             jobs = [self.job_overrides(trial, fixed) for trial in trials]
             returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
-            for trial, job in zip(trials, returns, strict=True):
-                self.tell(study, trial, job)
+            failed = [job for trial, job in zip(trials, returns, strict=True)
+                      if not self.tell(study, trial, job)]  # fmt: skip
+            if failed:  # every trial of the batch told first; then the error, as Hydra's sweepers
+                self.write_results(study)
+                failed[0].return_value  # noqa: B018 (raises the job's error)
             remaining -= len(trials)
         self.write_results(study)
 
@@ -131,27 +137,33 @@ class OptunaSearch(Sweeper):
         number, and the study's name and storage as resolved here (in a job they would
         resolve from the job's own overrides). (hydra.* overrides stay out of folder names.)"""
         told = []
-        if self.trial_override:
+        parent = self.trial_override.rpartition(".")[0] if self.trial_override else None
+        if parent and OmegaConf.select(self.config, parent) is not None:  # (not ~callbacks.pruning)
             told = [f"{self.trial_override}={trial.number}",
                     f"hydra.sweeper.study_name={quoted(trial.study.study_name)}"]  # fmt: skip
             if self.storage is not None:
                 told.append(f"hydra.sweeper.storage={quoted(self.storage)}")
         return (*(f"{name}={value}" for name, value in trial.params.items()), *fixed, *told)
 
-    def tell(self, study, trial, job) -> None:
-        """Record a job's result: its returned objective, pruned, or failed (then raise its
-        error, as Hydra's sweepers do)."""
+    def tell(self, study, trial, job) -> bool:
+        """Record a job's result: its returned objective, pruned, or failed; False if it
+        failed. A pruned job leaves pruned.txt in its folder (autoencoders.callbacks.
+        OptunaPruning): its exception may come back wrapped (ddp_spawn's processes)."""
         import optuna
         from hydra.core.utils import JobStatus
 
         if job.status == JobStatus.COMPLETED:
             study.tell(trial, float(job.return_value))
-        elif isinstance(job._return_value, optuna.TrialPruned):
+            return True
+        marker = Path(job.working_dir or ".", "pruned.txt")
+        if isinstance(job._return_value, optuna.TrialPruned) or (
+            job.working_dir and marker.is_file()
+        ):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             log.info("Trial %d pruned: %s", trial.number, job._return_value)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            job.return_value  # noqa: B018 (raises the job's error)
+            return True
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
 
     def write_results(self, study) -> None:
         """optimization_results.yaml in the sweep directory: the study's best so far."""
