@@ -1,9 +1,10 @@
 """Prediction speed: Lightning's predict loop as src/predict.py runs it (A: a Trainer, the
 data module's batches, Autoencoder.predict_step, PredictionWriter writing codes.npz) against
 a bare torch loop doing the same encode and decode and saving the same codes (B), on the
-10,000 test images, in one process, in turns.
+10,000 test images (or another split), in one process, in turns.
 
     python benchmarks/predict_speed.py --data-dir data --nets chapter mlp conv
+    python benchmarks/predict_speed.py --data-dir data --nets chapter --split train
 
 Prints, per net, the median images per second of A and B over the repeats and A's share
 of B's throughput. The weights are the untrained initial ones: the time does not depend
@@ -33,19 +34,20 @@ from autoencoders.masks import fixed_keep  # noqa: E402
 from autoencoders.prediction import PredictionWriter, predict  # noqa: E402
 
 
-def build(net: str, data_dir: str, noise_prob: float):
+def build(net: str, data_dir: str, noise_prob: float, split: str = "test"):
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", [f"net={net}", f"data.data_dir={data_dir}", "paths.output_dir=."])
     model, datamodule = instantiate(cfg.model), instantiate(cfg.data)
     datamodule.eval_noise_prob = noise_prob
     datamodule.prepare_data()
     datamodule.setup("predict")
-    datamodule.predict_on("test")
+    datamodule.predict_on(split)
     return model.eval(), datamodule
 
 
 def lightning_predict(model, datamodule, out: Path) -> None:
-    predict(model, datamodule, PredictionWriter(out, labels=datamodule.test_labels), "cpu")
+    labels = getattr(datamodule, f"{datamodule.predict_split}_labels")
+    predict(model, datamodule, PredictionWriter(out, labels=labels), "cpu")
 
 
 @torch.inference_mode()
@@ -58,8 +60,8 @@ def bare_loop(model, datamodule, out: Path) -> None:
         torch.sigmoid(model.decode(hidden))  # the reconstructions, as predict_step makes them
         codes.append(hidden)
     codes = torch.cat(codes).numpy()
-    np.savez(out / "codes.npz", codes=codes, rows=np.arange(len(codes)),
-             labels=datamodule.test_labels.numpy())  # fmt: skip
+    labels = getattr(datamodule, f"{datamodule.predict_split}_labels")
+    np.savez(out / "codes.npz", codes=codes, rows=np.arange(len(codes)), labels=labels.numpy())
 
 
 def main() -> None:
@@ -68,11 +70,12 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=["chapter", "mlp", "conv"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--noise-prob", type=float, default=0.3)
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for net in args.nets:
-        model, datamodule = build(net, args.data_dir, args.noise_prob)
-        n = len(datamodule.test_images)
+        model, datamodule = build(net, args.data_dir, args.noise_prob, args.split)
+        n = len(getattr(datamodule, f"{args.split}_images"))
         rates = {"A": [], "B": []}
         with tempfile.TemporaryDirectory() as tmp:
             for repeat in range(args.repeats + 1):  # the first round warms up, untimed

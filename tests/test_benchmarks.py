@@ -64,3 +64,18 @@ def test_windows_count_optimizer_steps_when_batches_accumulate(
     train(make_cfg(*accumulate, *interleaved(timer, mnist_dir, 5)))
     t = json.loads(timer.read_text())
     assert t["steps"] == 10 and len(t["a_windows"]) == len(t["b_windows"]) == 2
+
+
+def test_the_prediction_benchmark_writes_the_same_codes_both_ways(mnist_dir, tmp_path,
+                                                                  benchmarks_on_path):  # fmt: skip
+    import numpy as np
+
+    from predict_speed import bare_loop, build, lightning_predict
+
+    model, datamodule = build("mlp", str(mnist_dir), 0.3)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    lightning_predict(model, datamodule, tmp_path / "a")
+    bare_loop(model, datamodule, tmp_path / "b")
+    a, b = np.load(tmp_path / "a" / "codes.npz"), np.load(tmp_path / "b" / "codes.npz")
+    assert sorted(a.files) == sorted(b.files) == ["codes", "labels", "rows"]
+    np.testing.assert_allclose(a["codes"], b["codes"], atol=1e-6)  # the same work, timed twice

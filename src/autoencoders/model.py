@@ -134,15 +134,9 @@ class Autoencoder(pl.LightningModule):
     def predict_step(self, batch, batch_idx):
         """Lightning's predict loop (src/predict.py): the codes of the batch's input, masked
         at the data's `eval_noise_prob`, [B, H], and their reconstructions [B, 784]."""
-        clean, masked, _ = batch
+        _, masked, _ = batch
         codes = self.encode(masked)
-        reconstructions = torch.sigmoid(self.decode(codes))
-        return {
-            "codes": codes,
-            "clean": clean,
-            "inputs": masked,
-            "reconstructions": reconstructions,
-        }
+        return {"codes": codes, "reconstructions": torch.sigmoid(self.decode(codes))}
 
     @torch.no_grad()
     def codes(self, images: torch.Tensor) -> torch.Tensor:

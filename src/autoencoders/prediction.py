@@ -146,9 +146,12 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0):  # fmt: skip
-        keep = ("codes", "clean", "inputs", "reconstructions") if self.names else ("codes",)
-        for key in keep:  # a split's reconstructions are not kept: 172 MB for the train split
-            self.parts.setdefault(key, []).append(prediction[key].float().cpu())
+        self.parts.setdefault("codes", []).append(prediction["codes"].float().cpu())
+        if self.names is not None:  # (a split's images are not kept: 172 MB for the train split)
+            clean, masked, _ = batch  # as the model saw them, [B, 784] each
+            for key, images in (("clean", clean), ("inputs", masked),
+                                ("reconstructions", prediction["reconstructions"])):  # fmt: skip
+                self.parts.setdefault(key, []).append(images.float().cpu())
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         parts = {key: torch.cat(values) for key, values in self.parts.items()}
@@ -183,8 +186,11 @@ class PredictionWriter(BasePredictionWriter):
 
 def predict(model: pl.LightningModule, datamodule, writer: PredictionWriter, accelerator="auto"):
     """Lightning's predict loop over `datamodule.predict_dataloader()`, written by `writer`."""
+    # (no checkpointing: nothing to save, and Lightning's set-up of it scans the installed
+    # packages, a fixed cost as large as encoding the test split; docs/speed.md)
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer],
-                         enable_model_summary=False, enable_progress_bar=False)  # fmt: skip
+                         enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=False)  # fmt: skip
     with warnings.catch_warnings():  # the writer numbers the rows itself, in their order
         warnings.filterwarnings("ignore", "Couldn't infer the batch indices")
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
