@@ -69,7 +69,6 @@ def test_windows_count_optimizer_steps_when_batches_accumulate(
 def test_the_prediction_benchmark_writes_the_same_codes_both_ways(mnist_dir, tmp_path,
                                                                   benchmarks_on_path):  # fmt: skip
     import numpy as np
-
     from predict_speed import bare_loop, build, lightning_predict
 
     model, datamodule = build("mlp", str(mnist_dir), 0.3)
