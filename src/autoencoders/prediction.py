@@ -186,8 +186,8 @@ class PredictionWriter(BasePredictionWriter):
 
 def predict(model: pl.LightningModule, datamodule, writer: PredictionWriter, accelerator="auto"):
     """Lightning's predict loop over `datamodule.predict_dataloader()`, written by `writer`."""
-    # (no checkpointing: nothing to save, and Lightning's set-up of it scans the installed
-    # packages, a fixed cost as large as encoding the test split; docs/speed.md)
+    # (no checkpointing: nothing to save, and setting it up reads the metadata of every
+    # installed package, a fixed cost per run; docs/speed.md)
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer],
                          enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False)  # fmt: skip
