@@ -106,6 +106,9 @@ def test_the_chapter_nets_init_std_is_a_setting():
     from autoencoders import nets
 
     torch.manual_seed(0)
+    assert nets.truncated_normal_(torch.empty(100_000)).std().item() == pytest.approx(
+        0.088, abs=0.002
+    )
     encoder, decoder = nets.chapter(latent_space=128, init_std=0.05)
     for values in (encoder.weight, decoder.weight):
         assert values.abs().max() <= 0.1 and values.std().item() == pytest.approx(0.044, abs=0.002)

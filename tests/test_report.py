@@ -57,6 +57,10 @@ def test_replicates_are_grouped_by_every_setting_but_the_seed(tmp_path, capsys):
     assert report in capsys.readouterr().out
     assert len(read(tmp_path / "report.csv")) == 5  # the per-job table, as before
     assert (tmp_path / "report.png").stat().st_size and (tmp_path / "robustness.png").stat().st_size
+    from matplotlib.image import imread
+
+    height, width = imread(tmp_path / "report.png").shape[:2]
+    assert width > 1.8 * height  # two panels: test/bce and test/probe_accuracy against the noise
 
 
 def test_jobs_that_differ_in_more_than_the_seed_stay_apart(tmp_path):

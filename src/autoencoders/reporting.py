@@ -211,20 +211,26 @@ def save(fig, path: Path) -> None:
 
 
 def plot_bce_against_noise(groups: list[dict], path: Path) -> None:
-    """test/bce against noise_prob, one line per variant: each group's mean, its sd as a bar."""
-    fig, (ax,) = new_axes()
+    """test/bce (and, where the jobs have it, test/probe_accuracy) against noise_prob, one
+    line per variant: each group's mean, its sd as a bar."""
     done = [g for g in groups if g["n"]]
-    for variant in sorted({g["variant"] for g in done}):
-        points = sorted(
-            (g["noise_prob"], g["test/bce"], g["test/bce sd"] or 0.0)
-            for g in done
-            if g["variant"] == variant
-        )
-        x, y, sd = zip(*points, strict=True)
-        ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=variant)
-    ax.set(xlabel="noise_prob (masking noise in training)", ylabel="test/bce (clean input)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="variant")
+    panels = [("test/bce", "test/bce (clean input)")]
+    if any(g.get("test/probe_accuracy") is not None for g in done):
+        panels.append(("test/probe_accuracy", "test/probe_accuracy (linear probe on the codes)"))
+    fig, axes = new_axes(ncols=len(panels), figsize=(6 * len(panels), 4))
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        for variant in sorted({g["variant"] for g in done}):
+            points = sorted(
+                (g["noise_prob"], g[metric], g[f"{metric} sd"] or 0.0)
+                for g in done
+                if g["variant"] == variant and g.get(metric) is not None
+            )
+            if points:
+                x, y, sd = zip(*points, strict=True)
+                ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=variant)
+        ax.set(xlabel="noise_prob (masking noise in training)", ylabel=label)
+        ax.grid(alpha=0.3)
+        ax.legend(title="variant")
     save(fig, path)
 
 
