@@ -256,6 +256,7 @@ def test_gradient_clipping_and_accumulation_work_as_lightning_documents(make_cfg
     cfg = make_cfg("+trainer.gradient_clip_val=0.01", "+trainer.accumulate_grad_batches=2",
                    "trainer.max_steps=5", "optimizer=sgd", "learning_rate=0.1",
                    "+callbacks.steps._target_=tests.callbacks.RecordSteps")  # fmt: skip
+    torch.manual_seed(0)  # (the weights, whatever ran before)
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     (steps,) = [cb for cb in trainer.callbacks if type(cb).__name__ == "RecordSteps"]
@@ -263,7 +264,7 @@ def test_gradient_clipping_and_accumulation_work_as_lightning_documents(make_cfg
     stream = TrainBatches(datamodule.train_images, 64, cfg.seed, lambda: 0)
     for i, images in enumerate(steps.images):  # batch i of the stream, in order
         assert torch.equal(images, 5000 + stream.indices(i)), i
-    assert min(steps.grad_norms) > 0.1  # what clipping had to cut down ...
+    assert min(steps.grad_norms) > 0.05  # what clipping had to cut down (5x the clip) ...
     assert max(steps.moves) == pytest.approx(0.1 * 0.01, rel=1e-3)  # ... to lr * 0.01
 
 
@@ -298,6 +299,7 @@ def test_validation_scores_the_masked_input_under_the_fixed_mask(make_cfg):
     # (a heavy evaluation mask: the masked input's BCE is then far from the clean one's)
     cfg = make_cfg("variant=denoising", "~callbacks.probe", "learning_rate=0.3",
                    "data.eval_noise_prob=0.9")  # fmt: skip
+    torch.manual_seed(0)
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     (logged,) = trainer.validate(model, datamodule=datamodule, verbose=False)
