@@ -188,6 +188,16 @@ def test_without_masking_there_is_no_masked_folder_and_two_columns(checkpoints, 
     assert list(np.load(tmp_path / "run" / "codes.npz")["names"]) == ["zero.png"]
 
 
+def test_own_images_need_no_mnist(checkpoints, tmp_path):
+    folder = user_folder(tmp_path / "mine")
+    nowhere = tmp_path / "no-data"  # the checkpoint's data_dir, overridden: no MNIST there
+    cfg = predict_cfg(checkpoints["chapter"], tmp_path / "run", f"images={folder}",
+                      f"data.data_dir={nowhere}")  # fmt: skip
+    run_prediction(cfg)
+    assert np.load(tmp_path / "run" / "codes.npz")["codes"].shape == (4, 16)
+    assert not nowhere.exists()  # nothing fetched, nothing made
+
+
 def test_a_folder_without_images_is_an_error_naming_it_before_the_run(tmp_path, checkpoints):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(ImageError, match=f"images={tmp_path}: no image that Pillow can read"):
