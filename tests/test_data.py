@@ -215,3 +215,35 @@ def test_evaluation_masks_near_noise_1_keep_only_the_top_level_and_are_boolean()
     assert top.dtype == torch.bool and top.sum() == 1 and top[-1]
     none = fixed_keep(every_level, 1 - 1e-7)  # within 1/131072 of 1: nothing kept
     assert none.dtype == torch.bool and not none.any()
+
+
+def test_mnist_is_checked_once_and_loaded_once_except_for_ones_own_images(mnist_dir, monkeypatch):
+    checked = []
+    monkeypatch.setattr("autoencoders.data.ensure_dataset", lambda *args: checked.append(args))
+    dm = MNISTDataModule(str(mnist_dir))
+    dm.prepare_data()  # a fit or test: the files are checked (or fetched) first
+    assert [(str(path), dataset) for path, dataset in checked] == [(str(mnist_dir), "MNIST")]
+    dm.setup()
+    loaded = dm.train_images
+    dm.prepare_data()  # a test after the fit: loaded already, nothing to check
+    dm.setup()
+    assert len(checked) == 1 and dm.train_images is loaded
+
+    own = MNISTDataModule(str(mnist_dir / "nowhere"))
+    own.predict_on("images", torch.zeros(3, 784, dtype=torch.uint8))
+    own.trainer = SimpleNamespace(predicting=True)
+    own.prepare_data()
+    own.setup("predict")
+    assert len(checked) == 1 and own.train_images is None  # no MNIST needed, none loaded
+
+
+@pytest.mark.parametrize(
+    ("images", "predicting", "expected"),
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
+)
+def test_only_a_prediction_on_ones_own_images_goes_without_mnist(images, predicting, expected):
+    dm = MNISTDataModule("unused")
+    assert not dm.own_images_only()  # no trainer yet
+    dm.predict_on("test", torch.zeros(2, 784, dtype=torch.uint8) if images else None)
+    dm.trainer = SimpleNamespace(predicting=predicting)
+    assert dm.own_images_only() is expected
