@@ -1,7 +1,8 @@
 """Prediction speed: Lightning's predict loop as src/predict.py runs it (A: a Trainer, the
 data module's batches, Autoencoder.predict_step, PredictionWriter writing codes.npz) against
 a bare torch loop doing the same encode and decode and saving the same codes (B), on the
-10,000 test images (or another split), in one process, in turns.
+10,000 test images (or another split), in one process, in turns (each first in every other
+round).
 
     python benchmarks/predict_speed.py --data-dir data --nets chapter mlp conv
     python benchmarks/predict_speed.py --data-dir data --nets chapter --split train
@@ -78,8 +79,11 @@ def main() -> None:
         n = len(getattr(datamodule, f"{args.split}_images"))
         rates = {"A": [], "B": []}
         with tempfile.TemporaryDirectory() as tmp:
+            turns = [("A", lightning_predict), ("B", bare_loop)]
             for repeat in range(args.repeats + 1):  # the first round warms up, untimed
-                for name, run in (("A", lightning_predict), ("B", bare_loop)):
+                # (A first in even rounds, B first in odd ones: neither always runs on the
+                # caches and allocator state that the other left)
+                for name, run in turns if repeat % 2 == 0 else turns[::-1]:
                     start = time.perf_counter()
                     run(model, datamodule, Path(tmp))
                     if repeat:

@@ -1,4 +1,4 @@
-"""C: the chapter's TensorFlow 1 code, as written, through tf.compat.v1 (for the speed table).
+"""C: the chapter's TensorFlow 1 code, as written, through tf.compat.v1 (the speed and seed tables).
 
 Needs TensorFlow in a Python of its own (not a project dependency):
     python -m venv /tmp/tf && /tmp/tf/bin/pip install tensorflow-cpu numpy
@@ -6,8 +6,10 @@ Needs TensorFlow in a Python of its own (not a project dependency):
 
 The graph and the training loop are the chapter's; only `input_data.read_data_sets`, which
 TensorFlow 2 no longer ships, is replaced by the same thing in numpy: the 55,000 training
-images as floats in [0, 1], served by a shuffling `next_batch`. Prints one JSON line, as
-minimal_loop.py does: start-up and training timings, and test BCE.
+images as floats in [0, 1], served by a shuffling `next_batch`. `--seed` seeds the
+initialisation (TF's graph seed), the batch order and the masks. Prints one JSON line, as
+minimal_loop.py does: start-up and training timings, test BCE, and the test metrics that the
+project logs for the variant (`benchmarks/chapter_seeds.py` reads them).
 """
 
 import time
@@ -50,13 +52,16 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--variant", choices=VARIANTS, default="plain")
     parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     noise_prob, beta = VARIANTS[args.variant]
     raw = Path(args.data_dir) / "MNIST" / "raw"
-    train = Batches(read_images(raw / "train-images-idx3-ubyte")[5000:], np.random.default_rng(0))
+    order_rng, mask_rng = (np.random.default_rng([args.seed, stream]) for stream in (0, 1))
+    train = Batches(read_images(raw / "train-images-idx3-ubyte")[5000:], order_rng)
     test = read_images(raw / "t10k-images-idx3-ubyte")
 
     tf.disable_v2_behavior()
+    tf.set_random_seed(args.seed)
     batch_size, latent_space, learning_rate, rho = 64, 128, 0.1, 0.05
     ae_weights = {"encoder_w": tf.Variable(tf.truncated_normal([784, latent_space], stddev=0.1)),
                   "encoder_b": tf.Variable(tf.truncated_normal([latent_space], stddev=0.1)),
@@ -82,16 +87,34 @@ def main() -> None:
 
     sess = tf.Session()
     sess.run(tf.global_variables_initializer())
-    rng = np.random.default_rng(1)
     first_step = time.time()
     for _ in range(args.steps):
         x_batch = train.next_batch(batch_size)
-        noisy = x_batch * (rng.random(x_batch.shape) >= noise_prob) if noise_prob else x_batch
+        noisy = x_batch * (mask_rng.random(x_batch.shape) >= noise_prob) if noise_prob else x_batch
         sess.run(ae_op, feed_dict={ae_input: x_batch, noisy_input: noisy})
     last_step = time.time()
-    test_bce = float(sess.run(ae_cost, feed_dict={ae_input: test, noisy_input: test}))
-    print(json.dumps({"first_step": first_step, "last_step": last_step, "start": START,
-                      "steps": args.steps, "test_bce": test_bce}))  # fmt: skip
+    result = {"first_step": first_step, "last_step": last_step, "start": START,
+              "steps": args.steps, "seed": args.seed, "variant": args.variant}  # fmt: skip
+    result.update(test_metrics(sess, ae_cost, ae_input, noisy_input, hidden, test, noise_prob))
+    print(json.dumps(result))
+
+
+def test_metrics(sess, ae_cost, ae_input, noisy_input, hidden, test, noise_prob) -> dict:
+    """The project's test metrics, on the TF1 graph: clean BCE; the hidden layer's mean, the
+    fraction >= 0.1 and the BCE with the rest zeroed (TF1 lets a feed replace `hidden`);
+    and for denoising, the BCE on test images masked at the training noise."""
+    clean = {ae_input: test, noisy_input: test}
+    h = sess.run(hidden, feed_dict=clean)  # [10000, 128]
+    zeroed = {ae_input: test, hidden: np.where(h < 0.1, 0.0, h)}
+    metrics = {"test_bce": float(sess.run(ae_cost, feed_dict=clean)),
+               "test_bce_zeroed": float(sess.run(ae_cost, feed_dict=zeroed)),
+               "test_active_fraction": float((h >= 0.1).mean()),
+               "test_mean_activation": float(h.mean())}  # fmt: skip
+    if noise_prob:
+        keep = np.random.default_rng(12345).random(test.shape) >= noise_prob
+        masked = {ae_input: test, noisy_input: test * keep}
+        metrics["test_bce_masked"] = float(sess.run(ae_cost, feed_dict=masked))
+    return metrics
 
 
 if __name__ == "__main__":

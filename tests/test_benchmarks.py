@@ -78,3 +78,19 @@ def test_the_prediction_benchmark_writes_the_same_codes_both_ways(mnist_dir, tmp
     a, b = np.load(tmp_path / "a" / "codes.npz"), np.load(tmp_path / "b" / "codes.npz")
     assert sorted(a.files) == sorted(b.files) == ["codes", "labels", "rows"]
     np.testing.assert_allclose(a["codes"], b["codes"], atol=1e-6)  # the same work, timed twice
+
+
+def test_the_seed_table_gives_each_side_mean_sd_n_and_welchs_verdict(benchmarks_on_path):
+    from chapter_seeds import table
+
+    project = {("plain", 10_000): [{"test/bce": v, "test/probe_accuracy": 0.9} for v in
+                                   (0.2250, 0.2260, 0.2270)]}  # fmt: skip
+    tf1 = {("plain", 10_000): [{"test/bce": v} for v in (0.2350, 0.2360, 0.2370)],
+           ("sparse", 10_000): [{"test/bce": 0.28}]}  # fmt: skip
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in
+            table(project, tf1).splitlines()[2:]}  # fmt: skip
+    plain = rows["plain"]
+    assert plain[2:4] == ["0.2260 ± 0.0010 (n=3)", "0.2360 ± 0.0010 (n=3)"]
+    assert plain[4].startswith("-12.25, ") and plain[5] == "yes |"
+    assert rows["sparse"][2:4] == ["—", "0.2800 (n=1)"] and rows["sparse"][5] == " |"
+    assert rows["plain, 10,000 steps"][2:4] == ["0.9000 ± 0.0000 (n=3)", "—"]
