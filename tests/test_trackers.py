@@ -120,7 +120,10 @@ def test_the_projector_can_be_turned_off(make_cfg, tmp_path):
 @pytest.mark.slow
 @needs("mlflow")
 def test_the_readmes_mlflow_ui_command_serves_the_runs_metrics_and_pictures(make_cfg, tmp_path):
+    import contextlib
     import json
+    import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -137,7 +140,8 @@ def test_the_readmes_mlflow_ui_command_serves_the_runs_metrics_and_pictures(make
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
          "sqlite:///outputs/mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the server starts job workers of its own
     )  # fmt: skip
 
     def api(path: str, body: dict | None = None, deadline: float = time.time() + 120):
@@ -164,9 +168,12 @@ def test_the_readmes_mlflow_ui_command_serves_the_runs_metrics_and_pictures(make
         run_id = run["info"]["run_id"]
         pictures = json.loads(api(f"/api/2.0/mlflow/artifacts/list?run_id={run_id}"
                                   "&path=test/reconstructions"))  # fmt: skip
-    finally:
-        server.terminate()
+    finally:  # the whole group: the workers outlive the server otherwise, and keep a core busy
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        time.sleep(1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
     assert "<title>MLflow</title>" in page or "mlflow" in page.lower()
     assert served["test/bce"] == pytest.approx(metrics["test/bce"])
     assert [f["path"] for f in pictures["files"] if f["path"].endswith(".png")]
