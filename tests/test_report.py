@@ -40,6 +40,8 @@ def test_replicates_are_grouped_by_every_setting_but_the_seed(tmp_path, capsys):
         fake_job(tmp_path, ["noise_prob=0.3", f"seed={seed}"], metrics(bce, probe), seed, 0.3)
     fake_job(tmp_path, ["noise_prob=0.5", "seed=0"], metrics(0.3, 0.95), 0, 0.5)
     fake_job(tmp_path, ["noise_prob=0.5", "seed=1"], None, 1, 0.5)  # failed
+    pruned = fake_job(tmp_path, ["noise_prob=0.5", "seed=2"], None, 2, 0.5)
+    (pruned / "pruned.txt").write_text("pruned at step 10: val/bce=0.3000\n")
     assert report_main([str(tmp_path)]) == 0
     groups = {g["group"]: g for g in read(tmp_path / "replicates.csv")}
     assert set(groups) == {"noise_prob=0.3", "noise_prob=0.5"}
@@ -50,12 +52,13 @@ def test_replicates_are_grouped_by_every_setting_but_the_seed(tmp_path, capsys):
     assert float(three["test/probe_accuracy"]) == pytest.approx(0.91)
     assert float(three["test/probe_accuracy sd"]) == pytest.approx(0.01)
     # a group of one finished job (and one failed): its value as is, no sd
-    assert (one["n"], one["failed"], one["test/bce"], one["test/bce sd"]) == ("1", "1", "0.3", "")
+    assert (one["n"], one["pruned"], one["failed"]) == ("1", "1", "1")
+    assert (one["test/bce"], one["test/bce sd"]) == ("0.3", "")
     report = (tmp_path / "report.md").read_text()
-    assert "| noise_prob=0.3 | 3 | 0 | 0.2200 ± 0.0200 |" in report
-    assert "| noise_prob=0.5 | 1 | 1 | 0.3000 |" in report
+    assert "| noise_prob=0.3 | 3 | 0 | 0 | 0.2200 ± 0.0200 |" in report
+    assert "| noise_prob=0.5 | 1 | 1 | 1 | 0.3000 |" in report
     assert report in capsys.readouterr().out
-    assert len(read(tmp_path / "report.csv")) == 5  # the per-job table, as before
+    assert len(read(tmp_path / "report.csv")) == 6  # the per-job table, as before
     assert (tmp_path / "report.png").stat().st_size and (tmp_path / "robustness.png").stat().st_size
     from matplotlib.image import imread
 
@@ -94,3 +97,10 @@ def test_the_report_of_a_single_run_leaves_its_pictures_alone(tmp_path):
     assert report_main([str(run)]) == 0
     assert (run / "features.png").read_bytes() == before
     assert (run / "report.md").is_file()
+
+
+def test_a_cell_shows_tiny_and_huge_values_in_significant_digits():
+    from autoencoders.reporting import cell
+
+    assert [cell(v) for v in (0.2258, 0.0, 1e-06, 1e38, 7, None)] == [
+        "0.2258", "0.0000", "1e-06", "1e+38", "7", ""]  # fmt: skip

@@ -132,6 +132,34 @@ def test_a_failed_job_stops_the_search_after_its_batch_is_told(tmp_path):
     assert (tmp_path / "optimization_results.yaml").is_file()
 
 
+def test_a_continued_study_keeps_its_direction_or_the_search_stops_naming_it(tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(study_name="s", storage=storage, direction="minimize")
+    search = sweeper(storage=storage, direction="maximize")
+    search.launcher = None  # (nothing may be launched)
+    with pytest.raises(ValueError, match="hydra.sweeper.direction maximize: .* to minimize"):
+        search.sweep([])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"study_name": "lr?v2"}, "study_name 'lr\\?v2'"),
+        ({"direction": "down"}, "direction 'down'"),
+    ],
+)
+def test_a_study_name_or_direction_optuna_would_misread_is_refused(settings, message):
+    search = sweeper(**settings)
+    search.launcher = None
+    with pytest.raises(ValueError, match=message):
+        search.sweep([])
+
+
+def test_a_descending_range_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"latent_space=range\(64,16,-16\): .* positive step"):
+        parsed("latent_space=range(64,16,-16)")
+
+
 @pytest.fixture
 def study_with_a_good_trial(tmp_path):
     """A stored study whose trial 0 reached val/bce 0.1 at steps 5 and 10, and its trial 1."""

@@ -140,7 +140,10 @@ class PredictionWriter(BasePredictionWriter):
     input when masked) as a PNG, and contact_sheet.png of them all."""
 
     def __init__(self, dirpath: str | Path, labels=None, names=None, masked: bool = False):
-        super().__init__(write_interval="batch_and_epoch")
+        # (per batch only: an "epoch" interval makes the loop keep every batch's prediction,
+        # the reconstructions included, for write_on_epoch_end; the files are written from
+        # what the batches left, at the epoch's end)
+        super().__init__(write_interval="batch")
         self.dirpath, self.labels, self.names, self.masked = Path(dirpath), labels, names, masked
         self.parts: dict[str, list[torch.Tensor]] = {}
 
@@ -153,7 +156,7 @@ class PredictionWriter(BasePredictionWriter):
                                 ("reconstructions", prediction["reconstructions"])):  # fmt: skip
                 self.parts.setdefault(key, []).append(images.float().cpu())
 
-    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
         parts = {key: torch.cat(values) for key, values in self.parts.items()}
         self.parts = {}
         self.dirpath.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,9 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
 def cell(value) -> str:
     if value is None:
         return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.3g}"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -146,8 +148,8 @@ def metric_names(rows: list[dict]) -> list[str]:
 
 def replicate_groups(rows: list[dict]) -> list[dict]:
     """One row per group of jobs that differ only in `seed` (best first, by mean test/bce):
-    its settings, n (finished jobs), the failed ones, the seeds, and for every metric the
-    mean over the finished jobs and the sample sd (None for a group of one)."""
+    its settings, n (finished jobs), the pruned and the failed ones, the seeds, and for every
+    metric the mean over the finished jobs and the sample sd (None for a group of one)."""
     metrics = metric_names(rows)
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -155,8 +157,10 @@ def replicate_groups(rows: list[dict]) -> list[dict]:
     out = []
     for name, members in groups.items():
         done = [r for r in members if r["status"] == "done"]
+        pruned = sum(r["status"].startswith("pruned") for r in members)
         group = {key: members[0][key] for key in SETTINGS if key != "seed"}
-        group.update(group=name, n=len(done), failed=len(members) - len(done),
+        group.update(group=name, n=len(done), pruned=pruned,
+                     failed=len(members) - len(done) - pruned,
                      seeds=" ".join(str(r["seed"]) for r in members))  # fmt: skip
         for metric in metrics:
             values = [r[metric] for r in done if metric in r]
@@ -176,10 +180,10 @@ def mean_sd(group: dict, metric: str) -> str:
 
 
 def groups_table(groups: list[dict], metrics: list[str]) -> str:
-    header = ["group", "n", "failed", *metrics]
+    header = ["group", "n", "pruned", "failed", *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += [
-        "| " + " | ".join([g["group"], str(g["n"]), str(g["failed"])]
+        "| " + " | ".join([g["group"], str(g["n"]), str(g["pruned"]), str(g["failed"])]
                           + [mean_sd(g, m) for m in metrics]) + " |"
         for g in groups
     ]  # fmt: skip
@@ -327,7 +331,14 @@ def write_sweep_report(sweep_dir: Path) -> tuple[list[dict], list[str]]:
               f"\n\n{groups_table(groups, metrics)}\n")  # fmt: skip
     write_atomically(sweep_dir / "report.md", report)
     write_csv(rows, sweep_dir / "report.csv")
-    group_columns = ["group", "n", "failed", "seeds", *(k for k in SETTINGS if k != "seed")]
+    group_columns = [
+        "group",
+        "n",
+        "pruned",
+        "failed",
+        "seeds",
+        *(k for k in SETTINGS if k != "seed"),
+    ]
     group_columns += [c for m in metrics for c in (m, f"{m} sd")]
     write_csv(groups, sweep_dir / "replicates.csv", group_columns)
     written = ["report.md", "report.csv", "replicates.csv"]

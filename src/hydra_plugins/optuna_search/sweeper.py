@@ -59,6 +59,9 @@ def distribution(override: Override):
     value = override.value()
     if override.is_range_sweep():  # from start, by step, to the last value before stop
         count = len(list(override.sweep_iterator()))
+        if count == 0 or value.step <= 0:
+            raise ValueError(f"{override.input_line}: a search range goes up from start to "
+                             "stop by a positive step")  # fmt: skip
         if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
             last = round(value.start + value.step * (count - 1), 12)  # (0.9, not 0.8999...)
             return d.FloatDistribution(value.start, last, step=value.step)
@@ -107,15 +110,31 @@ class OptunaSearch(Sweeper):
                 space[override.get_key_element()] = found
         return space, fixed
 
+    def check_settings(self) -> None:
+        """Settings Optuna or SQLAlchemy would take silently for something else."""
+        if self.study_name and any(c in self.study_name for c in "?#%"):
+            raise ValueError(
+                f"hydra.sweeper.study_name {self.study_name!r}: '?', '#' and '%' "
+                "are not allowed (a storage URL made of it points elsewhere)"
+            )
+        if self.direction not in ("minimize", "maximize"):
+            raise ValueError(f"hydra.sweeper.direction {self.direction!r}: minimize or maximize")
+
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
+        self.check_settings()
         space, fixed = self.search_space(arguments)
         study = optuna.create_study(
             study_name=self.study_name, storage=self.storage, direction=self.direction,
             sampler=self.sampler, pruner=self.pruner or optuna.pruners.NopPruner(),
             load_if_exists=True,
         )  # fmt: skip
+        stored = study.direction.name.lower()
+        if stored != self.direction:  # (a continued study keeps its direction)
+            raise ValueError(f"hydra.sweeper.direction {self.direction}: study "
+                             f"{study.study_name!r} in {self.storage} was created to {stored}; "
+                             "give another hydra.sweeper.study_name for a new study")  # fmt: skip
         log.info("Study %s in %s: %d trials so far", study.study_name, self.storage,
                  len(study.trials))  # fmt: skip
         remaining = self.n_trials
