@@ -240,6 +240,27 @@ def test_a_resumed_run_does_not_rewrite_the_checkpoint_it_resumed_from(make_cfg,
     assert written == [9, 10]
 
 
+def test_a_resume_on_another_device_uses_that_devices_optimizer_kernel(
+    make_cfg, tmp_path, monkeypatch
+):
+    """The saved optimizer state carries the old device's `fused`; the resumed run's wins (as
+    `optimizer.fused=null` is what an MPS run gets, a CPU checkpoint resumed there)."""
+    from autoencoders.model import Autoencoder
+
+    kernels = []
+    monkeypatch.setattr(Autoencoder, "on_train_end", lambda self: kernels.append(
+        [g["fused"] for o in self.trainer.optimizers for g in o.param_groups]))  # fmt: skip
+    for optimizer in ("adagrad", "muon"):
+        first = tmp_path / optimizer
+        train(make_cfg(f"optimizer={optimizer}", "trainer.max_steps=10",
+                       f"paths.output_dir={first}"))  # fmt: skip
+        train(make_cfg(f"optimizer={optimizer}", "trainer.max_steps=20", "optimizer.fused=null",
+                       f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))  # fmt: skip
+    adagrad_first, adagrad_resumed, muon_first, muon_resumed = kernels
+    assert set(adagrad_first) == {True} and set(adagrad_resumed) == {None}
+    assert True in muon_first and True not in muon_resumed
+
+
 @pytest.mark.parametrize("schedule", ["cooldown", "cosine"])
 def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(
     make_cfg, tmp_path, schedule

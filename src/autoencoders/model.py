@@ -84,6 +84,13 @@ class Autoencoder(pl.LightningModule):
         return {"loss": bce + self.hparams.beta * kl, "bce": bce, "kl": kl, "hidden": hidden}
 
     def on_train_start(self) -> None:
+        # A resumed optimizer keeps its saved groups' `fused`: the kernel of the device it was
+        # saved on. This run's setting, chosen for this device, wins (after the restore).
+        if "fused" in self.hparams.optimizer:
+            for optimizer in self.trainer.optimizers:
+                for group in optimizer.param_groups:
+                    if "fused" in group:
+                        group["fused"] = self.hparams.optimizer["fused"]
         if self.hparams.compile:  # the loss's forward and backward; "reduce-overhead": CUDA graphs
             self.train_loss = torch.compile(self.loss, mode=self.hparams.compile)
 
