@@ -2,11 +2,13 @@
 
     python benchmarks/chapter_seeds.py --data-dir data --tf1-python /tmp/tf/bin/python
 
-For each seed it trains (or, where a finished result is already in --out, reuses) the plain,
-sparse and denoising models for 10,000 steps and the plain model for 100,000, both ways:
+For each seed it trains the plain, sparse and denoising models for 10,000 steps and the plain
+model for 100,000, both ways:
   - this project, as two Hydra sweeps: `python src/train.py -m variant=plain,sparse,denoising
-    seed=0,1,2,3,4` and `experiment=chapter_long seed=0,1,2,3,4` (`--out`/project_*);
-  - the chapter's TF1 code, `benchmarks/tf1_chapter.py --seed <s>` (`--out`/tf1/*.json).
+    seed=0,1,2,3,4` and `experiment=chapter_long seed=0,1,2,3,4` (`--out`/project_*; a sweep
+    whose jobs for these seeds are all finished is reused, else it is run again whole);
+  - the chapter's TF1 code, `benchmarks/tf1_chapter.py --seed <s>` (`--out`/tf1/*.json, each
+    reused once written).
 The two streams run side by side, one torch or TF thread each. Prints a markdown table: per
 row the mean ± sample sd and n of each side, Welch's t-test, and whether they differ (p < 0.05).
 """
@@ -51,15 +53,19 @@ def one_thread() -> dict:
 def project_results(args, steps: int) -> dict[tuple[str, int], list[dict]]:
     """{(variant, steps): [metrics of each seed]} of this project's sweep, run if unfinished."""
     sweep_dir = args.out / f"project_{steps}"
-    jobs = collect_jobs(sweep_dir) if sweep_dir.is_dir() else []
-    if len(jobs) < len(args.seeds) * (3 if steps == 10_000 else 1) or any(
-        job["status"] != "done" for job in jobs
-    ):
+
+    def jobs_of_these_seeds() -> list[dict]:
+        jobs = collect_jobs(sweep_dir) if sweep_dir.is_dir() else []
+        return [job for job in jobs if job["seed"] in args.seeds]
+
+    jobs = jobs_of_these_seeds()
+    expected = len(args.seeds) * (3 if steps == 10_000 else 1)
+    if len(jobs) < expected or any(job["status"] != "done" for job in jobs):
         command = [sys.executable, "src/train.py", "-m", *SWEEPS[steps],
                    f"seed={','.join(map(str, args.seeds))}", f"data.data_dir={args.data_dir}",
                    f"hydra.sweep.dir={sweep_dir}", "num_threads=1"]  # fmt: skip
-        subprocess.run(command, cwd=REPO, env=one_thread(), check=True, capture_output=True)
-        jobs = collect_jobs(sweep_dir)
+        subprocess.run(command, cwd=REPO, env=one_thread(), check=True)  # its log: on screen
+        jobs = jobs_of_these_seeds()
     found: dict[tuple[str, int], list[dict]] = {}
     for job in jobs:
         found.setdefault((job["variant"], steps), []).append(job)

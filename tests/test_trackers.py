@@ -140,7 +140,7 @@ def test_the_readmes_mlflow_ui_command_serves_the_runs_metrics_and_pictures(make
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
          "sqlite:///outputs/mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("w"),
         start_new_session=True,  # its own process group: the server starts job workers of its own
     )  # fmt: skip
 
@@ -169,11 +169,11 @@ def test_the_readmes_mlflow_ui_command_serves_the_runs_metrics_and_pictures(make
         pictures = json.loads(api(f"/api/2.0/mlflow/artifacts/list?run_id={run_id}"
                                   "&path=test/reconstructions"))  # fmt: skip
     finally:  # the whole group: the workers outlive the server otherwise, and keep a core busy
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        time.sleep(1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
+        for group_signal in (signal.SIGTERM, signal.SIGKILL):  # (the group may be gone)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, group_signal)
+            server.wait(timeout=30)
+            time.sleep(1)
     assert "<title>MLflow</title>" in page or "mlflow" in page.lower()
     assert served["test/bce"] == pytest.approx(metrics["test/bce"])
     assert [f["path"] for f in pictures["files"] if f["path"].endswith(".png")]

@@ -113,12 +113,15 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
     return done + [r for r in rows if r["status"] != "done"]
 
 
+def number(value: float) -> str:
+    """4 decimals; 3 significant digits for what they would hide (1e-06, 1e+38)."""
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.3g}"
+
+
 def cell(value) -> str:
     if value is None:
         return ""
-    if not isinstance(value, float):
-        return str(value)
-    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.3g}"
+    return number(value) if isinstance(value, float) else str(value)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -176,7 +179,7 @@ def mean_sd(group: dict, metric: str) -> str:
     mean, sd = group.get(metric), group.get(f"{metric} sd")
     if mean is None:
         return ""
-    return f"{mean:.4f}" if sd is None else f"{mean:.4f} ± {sd:.4f}"
+    return number(mean) if sd is None else f"{number(mean)} ± {number(sd)}"
 
 
 def groups_table(groups: list[dict], metrics: list[str]) -> str:

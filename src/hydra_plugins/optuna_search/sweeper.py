@@ -112,10 +112,11 @@ class OptunaSearch(Sweeper):
 
     def check_settings(self) -> None:
         """Settings Optuna or SQLAlchemy would take silently for something else."""
-        if self.study_name and any(c in self.study_name for c in "?#%"):
+        if self.study_name and any(c in self.study_name for c in "?%"):
             raise ValueError(
-                f"hydra.sweeper.study_name {self.study_name!r}: '?', '#' and '%' "
-                "are not allowed (a storage URL made of it points elsewhere)"
+                f"hydra.sweeper.study_name {self.study_name!r} (made from the command line's "
+                "overrides unless set): '?' and '%' are not allowed (a storage URL made of it "
+                "points elsewhere)"
             )
         if self.direction not in ("minimize", "maximize"):
             raise ValueError(f"hydra.sweeper.direction {self.direction!r}: minimize or maximize")
