@@ -83,14 +83,16 @@ class Autoencoder(pl.LightningModule):
         kl = kl_sparsity(hidden, self.hparams.rho)
         return {"loss": bce + self.hparams.beta * kl, "bce": bce, "kl": kl, "hidden": hidden}
 
-    def on_train_start(self) -> None:
-        # A resumed optimizer keeps its saved groups' `fused`: the kernel of the device it was
-        # saved on. This run's setting, chosen for this device, wins (after the restore).
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restored as saved, an optimizer's groups would keep the `fused` of the device they
+        were saved on: this run's setting, chosen for its own device, replaces it."""
         if "fused" in self.hparams.optimizer:
-            for optimizer in self.trainer.optimizers:
-                for group in optimizer.param_groups:
+            for state in checkpoint.get("optimizer_states", []):
+                for group in state["param_groups"]:
                     if "fused" in group:
                         group["fused"] = self.hparams.optimizer["fused"]
+
+    def on_train_start(self) -> None:
         if self.hparams.compile:  # the loss's forward and backward; "reduce-overhead": CUDA graphs
             self.train_loss = torch.compile(self.loss, mode=self.hparams.compile)
 

@@ -149,6 +149,9 @@ def metric_names(rows: list[dict]) -> list[str]:
     return [m for m in FINAL_METRICS if m in found] + sorted(found - set(FINAL_METRICS))
 
 
+GROUP_COUNTS = ("n", "pruned", "failed")  # a group's jobs: finished, pruned, failed
+
+
 def replicate_groups(rows: list[dict]) -> list[dict]:
     """One row per group of jobs that differ only in `seed` (best first, by mean test/bce):
     its settings, n (finished jobs), the pruned and the failed ones, the seeds, and for every
@@ -183,10 +186,10 @@ def mean_sd(group: dict, metric: str) -> str:
 
 
 def groups_table(groups: list[dict], metrics: list[str]) -> str:
-    header = ["group", "n", "pruned", "failed", *metrics]
+    header = ["group", *GROUP_COUNTS, *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += [
-        "| " + " | ".join([g["group"], str(g["n"]), str(g["pruned"]), str(g["failed"])]
+        "| " + " | ".join([g["group"], *(str(g[count]) for count in GROUP_COUNTS)]
                           + [mean_sd(g, m) for m in metrics]) + " |"
         for g in groups
     ]  # fmt: skip
@@ -334,14 +337,7 @@ def write_sweep_report(sweep_dir: Path) -> tuple[list[dict], list[str]]:
               f"\n\n{groups_table(groups, metrics)}\n")  # fmt: skip
     write_atomically(sweep_dir / "report.md", report)
     write_csv(rows, sweep_dir / "report.csv")
-    group_columns = [
-        "group",
-        "n",
-        "pruned",
-        "failed",
-        "seeds",
-        *(k for k in SETTINGS if k != "seed"),
-    ]
+    group_columns = ["group", *GROUP_COUNTS, "seeds", *(k for k in SETTINGS if k != "seed")]
     group_columns += [c for m in metrics for c in (m, f"{m} sd")]
     write_csv(groups, sweep_dir / "replicates.csv", group_columns)
     written = ["report.md", "report.csv", "replicates.csv"]
