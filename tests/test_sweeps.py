@@ -10,6 +10,7 @@ import time
 from shutil import rmtree
 
 import pytest
+import sqlalchemy.exc
 import yaml
 from matplotlib.image import imread
 
@@ -241,7 +242,7 @@ def test_a_search_killed_midway_continues_where_it_stopped(mnist_dir, tmp_path):
         time.sleep(1)
         try:
             trials = study_trials(tmp_path, "optimizer")
-        except KeyError:  # the study is not created yet
+        except (KeyError, sqlalchemy.exc.OperationalError):  # not created yet, or being created
             continue
         if sum(t.state.name == "COMPLETE" for t in trials) >= 2:
             break
