@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 train: $(VENV)/.installed  ## the chapter's plain autoencoder on MNIST (extra Hydra overrides: ARGS="...")
 	$(PY) src/train.py $(ARGS)
 
-test: $(VENV)/.installed  ## the test suite (offline, synthetic data; ARGS='-m "not slow"' for a quick check)
-	$(PY) -m pytest $(ARGS)
+test: $(VENV)/.installed  ## the test suite, one pytest-xdist worker per core (offline, synthetic data; ARGS='-m "not slow"' for a quick check, WORKERS=0 for one process)
+	$(PY) -m pytest -n $(or $(WORKERS),auto) --dist worksteal $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

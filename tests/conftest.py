@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
@@ -17,8 +18,18 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from autoencoders.config import REPO_ROOT
 from autoencoders.mnist_files import raw_dir, write_idx
 
+# One torch thread in the test process and in the scripts it starts. The tests' tensors are
+# tiny: a second thread saves nothing, and while other processes hold the cores (pytest-xdist's
+# workers, a test's subprocesses) each small op waits for a descheduled thread, which made tiny
+# runs several times slower. Tests of the thread settings set what they test.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
 CONF_DIR = REPO_ROOT / "conf"
-NUM_TRAIN_FILE, NUM_TEST = 5600, 300  # the train file holds 5,000 validation + 600 training images
+# The train file holds NUM_VAL validation images (data.num_val in every test's config; MNIST's
+# 5,000 would make validation most of a tiny run's time) and then 600 training images.
+NUM_VAL, NUM_TEST = 500, 300
+NUM_TRAIN_FILE = NUM_VAL + 600
 
 
 def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -36,11 +47,12 @@ def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return images
 
 
-def write_synthetic_mnist(data_dir: Path, seed: int = 0) -> Path:
+def write_synthetic_mnist(data_dir: Path, seed: int = 0, num_val: int = NUM_VAL) -> Path:
+    """IDX files of num_val validation + 600 training images, and NUM_TEST test images."""
     rng = np.random.default_rng(seed)
     out = raw_dir(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", NUM_TRAIN_FILE), ("t10k", NUM_TEST)):
+    for split, n in (("train", num_val + 600), ("t10k", NUM_TEST)):
         labels = rng.integers(0, 10, n, dtype=np.uint8)
         write_idx(out / f"{split}-images-idx3-ubyte", synthetic_images(labels, rng))
         write_idx(out / f"{split}-labels-idx1-ubyte", labels)
@@ -64,10 +76,15 @@ def make_model(net: str = "chapter", latent_space: int = 16, **kwargs):
     return Autoencoder(net_config, kwargs.pop("optimizer", ADAGRAD), **kwargs)
 
 
+def synthetic_data(data_dir: Path) -> list[str]:
+    """The overrides that point a run at the synthetic files in `data_dir`."""
+    return [f"data.data_dir={data_dir}", f"data.num_val={NUM_VAL}"]
+
+
 def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:
     """Overrides that make any run a few seconds long on synthetic data."""
     return [
-        f"data.data_dir={data_dir}",
+        *synthetic_data(data_dir),
         f"paths.output_dir={output_dir}",
         "trainer=debug",
         "data.eval_batch_size=500",
@@ -100,10 +117,16 @@ def read_run(logdir):
     return {name: multiplexer.GetAccumulator(name) for name in multiplexer.Runs()}
 
 
+def job_name(folder: Path) -> str:
+    """A sweep job's folder name as its overrides, less the synthetic data's `data.num_val` and
+    the `,paths=<hash>` of a job that sets a path (data.data_dir, ckpt_path)."""
+    name = re.sub(r",paths=\w+$", "", folder.name)
+    return ",".join(o for o in name.split(",") if o != f"data.num_val={NUM_VAL}")
+
+
 def job_dir(sweep_dir: Path, overrides: str) -> Path:
-    """The folder of the sweep job named by `overrides`: a job that sets a path (data.data_dir,
-    ckpt_path) has `,paths=<hash>` after them."""
-    (folder,) = [p for p in sweep_dir.iterdir() if re.sub(r",paths=\w+$", "", p.name) == overrides]
+    """The folder of the sweep job named by `overrides` (see job_name)."""
+    (folder,) = [p for p in sweep_dir.iterdir() if job_name(p) == overrides]
     return folder
 
 

@@ -7,10 +7,19 @@ import pytest
 from autoencoders.config import REPO_ROOT
 from train import train
 
+from .conftest import write_synthetic_mnist
+
 
 @pytest.fixture
 def benchmarks_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def mnist_split_dir(tmp_path_factory):
+    """Synthetic files with MNIST's own split (the first 5,000 validate), which the
+    benchmarks take as given."""
+    return write_synthetic_mnist(tmp_path_factory.mktemp("data"), num_val=5000)
 
 
 def interleaved(timer, data_dir, window: int, net: str = "chapter") -> list[str]:
@@ -25,10 +34,10 @@ def interleaved(timer, data_dir, window: int, net: str = "chapter") -> list[str]
 
 
 @pytest.mark.parametrize("net", ["chapter", "mlp", "conv"])
-def test_the_minimal_loop_trains_each_net(mnist_dir, benchmarks_on_path, net):
+def test_the_minimal_loop_trains_each_net(mnist_split_dir, benchmarks_on_path, net):
     from minimal_loop import MinimalLoop
 
-    loop = MinimalLoop(str(mnist_dir), "denoising", net=net)
+    loop = MinimalLoop(str(mnist_split_dir), "denoising", net=net)
     assert type(loop.encoder).__name__ == ("Linear" if net == "chapter" else "Sequential")
     before = loop.test_bce()
     loop.run(30)
@@ -37,7 +46,7 @@ def test_the_minimal_loop_trains_each_net(mnist_dir, benchmarks_on_path, net):
 
 @pytest.mark.parametrize("net", ["chapter", "conv"])
 def test_a_and_b_are_timed_in_alternating_windows_without_changing_a(
-    make_cfg, mnist_dir, tmp_path, benchmarks_on_path, net
+    make_cfg, mnist_split_dir, tmp_path, benchmarks_on_path, net
 ):
     timer = tmp_path / "timer.json"
     alone = train(make_cfg(f"net={net}", f"paths.output_dir={tmp_path / 'alone'}"))
@@ -45,7 +54,7 @@ def test_a_and_b_are_timed_in_alternating_windows_without_changing_a(
         make_cfg(
             f"net={net}",
             f"paths.output_dir={tmp_path / 'together'}",
-            *interleaved(timer, mnist_dir, 5, net),
+            *interleaved(timer, mnist_split_dir, 5, net),
         )  # fmt: skip
     )
     assert together == alone  # B draws from its own generators: A's run is the same
@@ -57,21 +66,21 @@ def test_a_and_b_are_timed_in_alternating_windows_without_changing_a(
 
 
 def test_windows_count_optimizer_steps_when_batches_accumulate(
-    make_cfg, tmp_path, mnist_dir, benchmarks_on_path
+    make_cfg, tmp_path, mnist_split_dir, benchmarks_on_path
 ):
     timer = tmp_path / "timer.json"
     accumulate = ["trainer.max_steps=10", "+trainer.accumulate_grad_batches=2"]
-    train(make_cfg(*accumulate, *interleaved(timer, mnist_dir, 5)))
+    train(make_cfg(*accumulate, *interleaved(timer, mnist_split_dir, 5)))
     t = json.loads(timer.read_text())
     assert t["steps"] == 10 and len(t["a_windows"]) == len(t["b_windows"]) == 2
 
 
-def test_the_prediction_benchmark_writes_the_same_codes_both_ways(mnist_dir, tmp_path,
+def test_the_prediction_benchmark_writes_the_same_codes_both_ways(mnist_split_dir, tmp_path,
                                                                   benchmarks_on_path):  # fmt: skip
     import numpy as np
     from predict_speed import bare_loop, build, lightning_predict
 
-    model, datamodule = build("mlp", str(mnist_dir), 0.3)
+    model, datamodule = build("mlp", str(mnist_split_dir), 0.3)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     lightning_predict(model, datamodule, tmp_path / "a")
     bare_loop(model, datamodule, tmp_path / "b")

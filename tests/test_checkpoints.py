@@ -14,7 +14,7 @@ import torch
 from autoencoders.checkpoints import CheckpointError, load_trained, read_checkpoint
 from train import train
 
-from .conftest import compose_config, run_script
+from .conftest import compose_config, run_script, synthetic_data
 
 
 class RunsCode:
@@ -181,9 +181,8 @@ def test_a_bad_checkpoint_stops_the_script_before_the_run_folder_exists(
     text = tmp_path / "notes.ckpt"
     text.write_text("my notes\n")
     run_dir = tmp_path / "run"
-    result = run_script(
-        script, f"ckpt_path={text}", f"data.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}"
-    )
+    data = synthetic_data(mnist_dir) if script == "train.py" else [f"data.data_dir={mnist_dir}"]
+    result = run_script(script, f"ckpt_path={text}", *data, f"hydra.run.dir={run_dir}")
     assert result.returncode != 0
     assert f"ckpt_path={text} is not a checkpoint" in result.stderr
     assert not run_dir.exists()

@@ -174,10 +174,10 @@ def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
             "+trainer.accumulate_grad_batches=0",
             "trainer.accumulate_grad_batches=0 is out of range: it must be an integer >= 1",
         ),
-        (  # the synthetic training file holds 5,600 images
-            "data.num_val=5600",
-            "data.num_val=5600 is out of range: it must be an integer in [1, 5536] (the training "
-            "file holds 5600 images, and training needs a batch of 64)",
+        (  # the synthetic training file holds 1,100 images
+            "data.num_val=1100",
+            "data.num_val=1100 is out of range: it must be an integer in [1, 1036] (the training "
+            "file holds 1100 images, and training needs a batch of 64)",
         ),
         ("data.num_val=0", "data.num_val=0 is out of range: it must be an integer >= 1"),
         (

@@ -6,7 +6,7 @@ import torch
 from autoencoders.data import MNISTDataModule, TrainBatches
 from autoencoders.masks import derive_seed, fixed_keep, keep_mask
 
-from .conftest import NUM_TEST, NUM_TRAIN_FILE
+from .conftest import NUM_TEST, NUM_TRAIN_FILE, NUM_VAL
 
 
 def image_index(images: torch.Tensor) -> torch.Tensor:
@@ -15,7 +15,7 @@ def image_index(images: torch.Tensor) -> torch.Tensor:
 
 
 def datamodule(mnist_dir, **kwargs) -> MNISTDataModule:
-    dm = MNISTDataModule(str(mnist_dir), **kwargs)
+    dm = MNISTDataModule(str(mnist_dir), **{"num_val": NUM_VAL, **kwargs})
     dm.prepare_data()
     dm.setup()
     return dm
@@ -34,13 +34,14 @@ def first_train_batch(dm: MNISTDataModule, start: int = 0):
     return dm.on_after_batch_transfer(next(iter(train_batches(dm, start=start))))
 
 
-def test_split_sizes_and_validation_is_the_first_5000(mnist_dir):
+def test_split_sizes_and_validation_is_the_first_num_val(mnist_dir):
+    assert MNISTDataModule("unused").num_val == 5000  # the chapter's split: 55,000 / 5,000
     dm = datamodule(mnist_dir)
-    assert len(dm.val_images) == 5000
-    assert len(dm.train_images) == NUM_TRAIN_FILE - 5000
+    assert len(dm.val_images) == NUM_VAL
+    assert len(dm.train_images) == NUM_TRAIN_FILE - NUM_VAL
     assert len(dm.test_images) == NUM_TEST
-    assert torch.equal(image_index(dm.val_images), torch.arange(5000))
-    assert torch.equal(image_index(dm.train_images), torch.arange(5000, NUM_TRAIN_FILE))
+    assert torch.equal(image_index(dm.val_images), torch.arange(NUM_VAL))
+    assert torch.equal(image_index(dm.train_images), torch.arange(NUM_VAL, NUM_TRAIN_FILE))
 
 
 def test_batches_are_flat_floats_in_unit_range(mnist_dir):
@@ -57,8 +58,8 @@ def test_one_pass_visits_every_training_image_once(mnist_dir):
     batches = train_batches(dm, seed=3)
     seen = torch.cat([image_index(images) for images, _ in batches])
     assert len(batches) == 6
-    assert torch.equal(seen.sort().values, torch.arange(5000, NUM_TRAIN_FILE))
-    assert not torch.equal(seen, torch.arange(5000, NUM_TRAIN_FILE))  # shuffled
+    assert torch.equal(seen.sort().values, torch.arange(NUM_VAL, NUM_TRAIN_FILE))
+    assert not torch.equal(seen, torch.arange(NUM_VAL, NUM_TRAIN_FILE))  # shuffled
 
 
 def test_batch_order_is_a_function_of_seed_and_step(mnist_dir):
@@ -187,8 +188,12 @@ def test_fashion_mnist_uses_the_same_split_rules(mnist_dir, tmp_path):
 
     shutil.copytree(mnist_dir / "MNIST", tmp_path / "FashionMNIST")  # same format
     dm = datamodule(tmp_path, dataset="FashionMNIST")
-    assert (len(dm.train_images), len(dm.val_images), len(dm.test_images)) == (600, 5000, NUM_TEST)
-    assert torch.equal(image_index(dm.val_images), torch.arange(5000))
+    assert (len(dm.train_images), len(dm.val_images), len(dm.test_images)) == (
+        600,
+        NUM_VAL,
+        NUM_TEST,
+    )
+    assert torch.equal(image_index(dm.val_images), torch.arange(NUM_VAL))
     assert len(dm.train_labels) == 600 and len(dm.test_labels) == NUM_TEST
 
 
@@ -220,7 +225,7 @@ def test_evaluation_masks_near_noise_1_keep_only_the_top_level_and_are_boolean()
 def test_mnist_is_checked_once_and_loaded_once_except_for_ones_own_images(mnist_dir, monkeypatch):
     checked = []
     monkeypatch.setattr("autoencoders.data.ensure_dataset", lambda *args: checked.append(args))
-    dm = MNISTDataModule(str(mnist_dir))
+    dm = MNISTDataModule(str(mnist_dir), num_val=NUM_VAL)
     dm.prepare_data()  # a fit or test: the files are checked (or fetched) first
     assert [(str(path), dataset) for path, dataset in checked] == [(str(mnist_dir), "MNIST")]
     dm.setup()

@@ -11,7 +11,7 @@ from autoencoders.model import Autoencoder
 from eval import evaluate
 from train import build, check_distributed, train
 
-from .conftest import compose_config, job_dir, run_script
+from .conftest import NUM_VAL, compose_config, job_dir, run_script, synthetic_data
 
 
 def read_metrics(run_dir):
@@ -19,7 +19,7 @@ def read_metrics(run_dir):
 
 
 def test_each_rank_gets_its_share_of_every_batch_and_its_own_masks(mnist_dir):
-    dm = MNISTDataModule(str(mnist_dir), batch_size=64, noise_prob=0.3)
+    dm = MNISTDataModule(str(mnist_dir), batch_size=64, noise_prob=0.3, num_val=NUM_VAL)
     dm.prepare_data()
     dm.setup()
     start = lambda: 0  # noqa: E731
@@ -55,7 +55,7 @@ def test_batch_size_must_divide_among_the_processes(make_cfg):
 @pytest.mark.slow
 def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path):
     # (the deeper net: every layer's gradients all-reduced; the chapter's in the tests below)
-    common = [f"data.data_dir={mnist_dir}", "trainer=ddp_cpu", "trainer.val_check_interval=10",
+    common = [*synthetic_data(mnist_dir), "trainer=ddp_cpu", "trainer.val_check_interval=10",
               "callbacks.last_checkpoint.every_n_train_steps=10", "variant=denoising",
               "net=mlp", "trainer.log_every_n_steps=10"]  # fmt: skip
     full, first, resumed = tmp_path / "runs" / "full", tmp_path / "first", tmp_path / "resumed"
@@ -97,7 +97,7 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(mnist_dir, tmp_path):
     poison = ["+callbacks.poison._target_=tests.callbacks.PoisonOneRank",
               "+callbacks.poison.rank=1", "+callbacks.poison.step=3"]  # fmt: skip
-    result = run_script("train.py", f"data.data_dir={mnist_dir}", "trainer=ddp_cpu", *poison,
+    result = run_script("train.py", *synthetic_data(mnist_dir), "trainer=ddp_cpu", *poison,
                         f"hydra.run.dir={tmp_path}", pythonpath=str(REPO_ROOT))  # fmt: skip
     # (run_script's timeout would raise if a rank waited for the other in an all-reduce)
     assert result.returncode != 0
@@ -109,7 +109,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(mnist_dir, 
 @pytest.mark.slow
 def test_ddp_keeps_an_explicit_num_threads(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # Lightning would then set 2 / 2 = 1
-    result = run_script("train.py", f"data.data_dir={mnist_dir}", "trainer=ddp_cpu",
+    result = run_script("train.py", *synthetic_data(mnist_dir), "trainer=ddp_cpu",
                         "trainer.max_steps=2", "trainer.val_check_interval=2", "num_threads=2",
                         "~callbacks.probe", f"hydra.run.dir={tmp_path}",
                         "+callbacks.threads._target_=tests.callbacks.RequireThreads",
@@ -120,7 +120,7 @@ def test_ddp_keeps_an_explicit_num_threads(mnist_dir, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ddp_that_relaunches_the_script_stops_a_multirun_with_advice(mnist_dir, tmp_path):
     result = run_script("train.py", "-m", "trainer=ddp_cpu", "variant=plain,sparse",
-                        f"data.data_dir={mnist_dir}", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+                        *synthetic_data(mnist_dir), f"hydra.sweep.dir={tmp_path}")  # fmt: skip
     assert result.returncode != 0
     assert "cannot run inside a multirun (-m)" in result.stderr
     assert "Use trainer.strategy=ddp_spawn in a sweep" in result.stderr
@@ -131,7 +131,7 @@ def test_ddp_that_relaunches_the_script_stops_a_multirun_with_advice(mnist_dir, 
 def test_submitit_local_runs_a_two_job_sweep(mnist_dir, tmp_path):
     result = run_script(
         "train.py", "-m", "hydra/launcher=submitit_local", "variant=plain,sparse", "trainer=debug",
-        f"data.data_dir={mnist_dir}", f"hydra.sweep.dir={tmp_path}",
+        *synthetic_data(mnist_dir), f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("trainer=debug,variant=plain", "trainer=debug,variant=sparse"):

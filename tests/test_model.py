@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from autoencoders.model import Autoencoder
 from autoencoders.optim import MuonWithAdam, constant_then_cooldown, orthogonalise
 
-from .conftest import make_model
+from .conftest import NUM_VAL, make_model
 
 NETS = ["chapter", "mlp", "conv"]
 
@@ -263,7 +263,7 @@ def test_gradient_clipping_and_accumulation_work_as_lightning_documents(make_cfg
     assert trainer.global_step == 5 and len(steps.images) == 10  # two batches per step
     stream = TrainBatches(datamodule.train_images, 64, cfg.seed, lambda: 0)
     for i, images in enumerate(steps.images):  # batch i of the stream, in order
-        assert torch.equal(images, 5000 + stream.indices(i)), i
+        assert torch.equal(images, NUM_VAL + stream.indices(i)), i
     assert min(steps.grad_norms) > 0.05  # what clipping had to cut down (5x the clip) ...
     assert max(steps.moves) == pytest.approx(0.1 * 0.01, rel=1e-3)  # ... to lr * 0.01
 

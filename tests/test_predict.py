@@ -16,7 +16,7 @@ from autoencoders.prediction import ImageError, fit_to_mnist, grey, output_names
 from predict import run_prediction
 from train import train
 
-from .conftest import NUM_TEST, compose_config, run_script, tiny_overrides
+from .conftest import NUM_TEST, NUM_VAL, compose_config, run_script, tiny_overrides
 
 NETS = ["chapter", "mlp", "conv"]
 
@@ -72,7 +72,7 @@ def test_codes_of_masked_input_use_the_test_splits_evaluation_masks(checkpoints,
     assert not np.allclose(saved, model.codes(datamodule.test_images).numpy(), atol=1e-3)
 
 
-@pytest.mark.parametrize(("split", "size"), [("train", 600), ("val", 5000)])
+@pytest.mark.parametrize(("split", "size"), [("train", 600), ("val", NUM_VAL)])
 def test_codes_of_the_train_and_val_splits_carry_their_labels(split, size, checkpoints, tmp_path):
     run_prediction(predict_cfg(checkpoints["mlp"], tmp_path, f"split={split}"))
     saved = np.load(tmp_path / "codes.npz")
@@ -229,7 +229,7 @@ def test_predict_script_writes_into_its_run_directory(checkpoints, tmp_path):
     result = run_script("predict.py", f"ckpt_path={checkpoints['conv']}", "split=val",
                         f"hydra.run.dir={tmp_path}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert np.load(tmp_path / "codes.npz")["codes"].shape == (5000, 16)
+    assert np.load(tmp_path / "codes.npz")["codes"].shape == (NUM_VAL, 16)
     refused = tmp_path / "refused"
     missing = run_script("predict.py", f"ckpt_path={checkpoints['conv']}",
                          f"images={tmp_path}/nowhere", f"hydra.run.dir={refused}")  # fmt: skip

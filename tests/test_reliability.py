@@ -14,7 +14,7 @@ from autoencoders.config import REPO_ROOT
 from eval import evaluate
 from train import build, train
 
-from .conftest import compose_config, read_run, run_script
+from .conftest import compose_config, read_run, run_script, synthetic_data
 
 
 def read_metrics(run_dir):
@@ -36,7 +36,7 @@ def test_resume_after_sigkill_mid_epoch_gives_the_same_metrics_bit_for_bit(
 ):
     # 600 training images / 64 = 10 steps per pass: the checkpoint at step 25 is mid-pass.
     common = [
-        f"data.data_dir={mnist_dir}", "trainer=debug", "trainer.max_steps=60",
+        *synthetic_data(mnist_dir), "trainer=debug", "trainer.max_steps=60",
         "callbacks.last_checkpoint.every_n_train_steps=25", "variant=denoising", *optimizer,
     ]  # fmt: skip
     full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
@@ -137,7 +137,7 @@ def killed_and_resumed(mnist_dir, tmp_path, common: list[str], kill: list[str]):
     """(uninterrupted run, resumed run) directories: the same command, once killed by
     tests.callbacks.KillAt(`kill`) and resumed from its last.ckpt."""
     full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
-    common = [f"data.data_dir={mnist_dir}", "trainer=debug", *common]
+    common = [*synthetic_data(mnist_dir), "trainer=debug", *common]
     tests = str(REPO_ROOT)  # where tests.callbacks is found
     result = run_script("train.py", *common, f"hydra.run.dir={full}", pythonpath=tests)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -439,7 +439,7 @@ def test_eval_checks_its_thresholds_before_testing(make_cfg, tmp_path, threshold
 @pytest.mark.slow
 def test_the_error_that_stopped_a_run_is_in_its_log(mnist_dir, tmp_path):
     result = run_script(
-        "train.py", "optimizer=sgd", "learning_rate=1e38", f"data.data_dir={mnist_dir}",
+        "train.py", "optimizer=sgd", "learning_rate=1e38", *synthetic_data(mnist_dir),
         "trainer=debug", f"hydra.run.dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode != 0

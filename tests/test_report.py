@@ -104,3 +104,21 @@ def test_a_cell_shows_tiny_and_huge_values_in_significant_digits():
 
     assert [cell(v) for v in (0.2258, 0.0, 1e-06, 1e38, 7, None)] == [
         "0.2258", "0.0000", "1e-06", "1e+38", "7", ""]  # fmt: skip
+
+
+def test_the_robustness_legend_names_what_tells_the_groups_apart():
+    from autoencoders.reporting import legend_labels
+
+    def group(name, **settings):
+        return {"group": name, "net": "chapter", "variant": "plain", "optimizer": "adam",
+                "noise_prob": 0.0, "rho": 0.05, "beta": 0.0, "learning_rate": 0.001,
+                "latent_space": 128, "batch_size": 64, **settings}  # fmt: skip
+
+    shared = "data.data_dir=/data,experiment=sparse_features"
+    groups = [group(f"{shared},variant={v}", variant=v) for v in ("plain", "sparse")]
+    assert legend_labels(groups) == ["variant=plain", "variant=sparse"]
+    two = [group(f"{shared},variant=denoising,noise_prob={p}", variant="denoising",
+                 noise_prob=p, beta=b) for p, b in ((0.3, 0.0), (0.5, 1.0))]  # fmt: skip
+    assert legend_labels(two) == ["noise_prob=0.3,beta=0.0", "noise_prob=0.5,beta=1.0"]
+    same = [group("+trainer.gradient_clip_val=1"), group("+trainer.gradient_clip_val=2")]
+    assert legend_labels(same) == [g["group"] for g in same]  # no setting tells them apart

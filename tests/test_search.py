@@ -22,7 +22,7 @@ from hydra_plugins.optuna_search.sweeper import OptunaSearch, distribution
 from report import main as report_main
 from train import train
 
-from .conftest import compose_config, run_script, tiny_overrides
+from .conftest import compose_config, run_script, synthetic_data, tiny_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -206,7 +206,7 @@ def test_a_trial_at_its_last_step_is_reported_but_never_pruned(
 
 def search_command(mnist_dir, tmp_path, *overrides):
     return ["train.py", "-m", "hparams_search=optimizer", f"paths.root_dir={tmp_path}",
-            "trainer=debug", f"data.data_dir={mnist_dir}", "~callbacks.probe",
+            "trainer=debug", *synthetic_data(mnist_dir), "~callbacks.probe",
             *overrides]  # fmt: skip
 
 

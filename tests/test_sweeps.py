@@ -2,7 +2,6 @@
 
 import csv
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,12 +16,12 @@ from matplotlib.image import imread
 from autoencoders.config import REPO_ROOT
 from report import main as report_main
 
-from .conftest import job_dir, run_script
+from .conftest import NUM_VAL, job_dir, job_name, run_script, synthetic_data
 
 
 def job_dirs(sweep_dir):
-    """The jobs' folder names, less the `,paths=<hash>` of a job that sets a path."""
-    return sorted(re.sub(r",paths=\w+$", "", p.parent.name) for p in sweep_dir.glob("*/.hydra"))
+    """The jobs' names (conftest.job_name), sorted."""
+    return sorted(job_name(p.parent) for p in sweep_dir.glob("*/.hydra"))
 
 
 @pytest.mark.slow
@@ -31,7 +30,7 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
 ):
     result = run_script(
         "train.py", "-m", "variant=plain,denoising", "noise_prob=0.2,1.5",
-        f"data.data_dir={mnist_dir}", "trainer=debug", f"hydra.sweep.dir={tmp_path}",
+        *synthetic_data(mnist_dir), "trainer=debug", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode != 0  # Hydra reports the failure at the end ...
     assert "Error executing job with overrides: ['variant=plain', 'noise_prob=1.5'" in result.stderr
@@ -54,7 +53,7 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
     ]
     assert float(rows[0]["test/bce"]) <= float(rows[1]["test/bce"])  # best first
     assert {r["variant"] for r in rows[:2]} == {"plain", "denoising"}
-    assert "not done: noise_prob=1.5,trainer=debug,variant=plain,paths=" in err
+    assert "not done: data.num_val=500,noise_prob=1.5,trainer=debug,variant=plain,paths=" in err
     assert out.count("| done |") == 2 and (tmp_path / "report.md").read_text() in out + "\n"
     assert (tmp_path / "report.png").stat().st_size > 0
     assert (tmp_path / "robustness.png").stat().st_size > 0
@@ -75,7 +74,7 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
 def two_step_sweep(mnist_dir, sweep_dir, *overrides: str) -> list[dict]:
     """Run `train.py -m overrides` with jobs of two steps, then its report; the report's rows."""
     result = run_script(
-        "train.py", "-m", *overrides, f"data.data_dir={mnist_dir}", "trainer=debug",
+        "train.py", "-m", *overrides, *synthetic_data(mnist_dir), "trainer=debug",
         "trainer.max_steps=2", f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -126,7 +125,8 @@ def test_jobs_that_differ_only_in_a_path_get_a_folder_each(mnist_dir, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_script(
         "train.py", "-m", f"ckpt_path={tmp_path / 'a.ckpt'},{tmp_path / 'b.ckpt'}",
-        f"data.data_dir={tmp_path / 'data_a'},{tmp_path / 'data_b'}", "trainer=debug",
+        f"data.data_dir={tmp_path / 'data_a'},{tmp_path / 'data_b'}", f"data.num_val={NUM_VAL}",
+        "trainer=debug",
         "~callbacks.probe", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -139,7 +139,7 @@ def test_jobs_that_differ_only_in_a_path_get_a_folder_each(mnist_dir, tmp_path):
 def test_two_sweeps_started_at_the_same_time_do_not_collide(mnist_dir, tmp_path):
     command = [
         sys.executable, "src/train.py", "-m", "seed=0", f"paths.root_dir={tmp_path}",
-        f"data.data_dir={mnist_dir}", "trainer=debug", "trainer.max_steps=2",
+        *synthetic_data(mnist_dir), "trainer=debug", "trainer.max_steps=2",
     ]  # fmt: skip
     procs = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
@@ -155,7 +155,7 @@ def test_two_sweeps_started_at_the_same_time_do_not_collide(mnist_dir, tmp_path)
 def test_joblib_runs_jobs_in_parallel_sharing_the_cores(mnist_dir, tmp_path):
     result = run_script(
         "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        "variant=plain,sparse", f"data.data_dir={mnist_dir}", "trainer=debug",
+        "variant=plain,sparse", *synthetic_data(mnist_dir), "trainer=debug",
         f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -189,7 +189,7 @@ def test_a_search_minimises_its_objective_and_continues_its_stored_study(
     mnist_dir, tmp_path, search, objective, params
 ):
     command = ["-m", f"hparams_search={search}", f"paths.root_dir={tmp_path}", "trainer=debug",
-               "trainer.max_steps=5", f"data.data_dir={mnist_dir}",
+               "trainer.max_steps=5", *synthetic_data(mnist_dir),
                "~callbacks.probe"]  # fmt: skip
     first = tmp_path / "first"
     result = run_script("train.py", *command, "hydra.sweeper.n_trials=2",
@@ -214,7 +214,7 @@ def test_a_search_under_other_settings_gets_a_study_of_its_own(mnist_dir, tmp_pa
     def search(*overrides):
         result = run_script(
             "train.py", "-m", "hparams_search=denoising", f"paths.root_dir={tmp_path}",
-            "trainer=debug", f"data.data_dir={mnist_dir}", "~callbacks.probe",
+            "trainer=debug", *synthetic_data(mnist_dir), "~callbacks.probe",
             "hydra.sweeper.n_trials=1", *overrides,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
@@ -234,7 +234,7 @@ def test_a_search_killed_midway_continues_where_it_stopped(mnist_dir, tmp_path):
     (tmp_path / "outputs").mkdir()
     command = [sys.executable, "src/train.py", "-m", "hparams_search=optimizer",
                f"paths.root_dir={tmp_path}", "trainer=debug", "trainer.max_steps=5",
-               f"data.data_dir={mnist_dir}", "~callbacks.probe"]  # fmt: skip
+               *synthetic_data(mnist_dir), "~callbacks.probe"]  # fmt: skip
     killed = subprocess.Popen([*command, "hydra.sweeper.n_trials=50"], cwd=REPO_ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 240

@@ -8,7 +8,7 @@ from PIL import Image
 from autoencoders.reporting import FINAL_METRICS
 from train import build, train
 
-from .conftest import read_run, run_script
+from .conftest import read_run, run_script, synthetic_data
 
 ROBUSTNESS = {f"test/bce_masked_{level}" for level in (0.1, 0.3, 0.5, 0.7)}  # the model's default
 METRICS = {*FINAL_METRICS, "test/mean_activation", *ROBUSTNESS}  # what metrics.json holds
@@ -75,7 +75,7 @@ def test_the_documented_command_runs_as_written(mnist_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = run_script("train.py", 
         "variant=denoising", "noise_prob=0.5",  # the command as documented, plus a tiny run:
-        f"data.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}", "trainer=debug",
+        *synthetic_data(mnist_dir), f"hydra.run.dir={run_dir}", "trainer=debug",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -91,7 +91,7 @@ def test_the_documented_command_runs_as_written(mnist_dir, tmp_path):
 def test_a_bad_setting_stops_the_script_before_it_writes_anything(mnist_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = run_script(
-        "train.py", "noise_prob=1.5", f"data.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}"
+        "train.py", "noise_prob=1.5", *synthetic_data(mnist_dir), f"hydra.run.dir={run_dir}"
     )
     assert result.returncode != 0
     assert "noise_prob=1.5 is out of range: it must be [0, 1)" in result.stderr

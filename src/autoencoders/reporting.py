@@ -254,15 +254,23 @@ def robustness_curve(group: dict) -> list[tuple[float, float, float]]:
     return [(0.0, group["test/bce"], group["test/bce sd"] or 0.0), *points] if points else []
 
 
+def legend_labels(groups: list[dict]) -> list[str]:
+    """Each group's name in a legend: the settings that tell the groups apart, without the
+    overrides they share (the whole group names where the settings do not tell them apart)."""
+    keys = [k for k in SETTINGS if k != "seed" and len({str(g[k]) for g in groups}) > 1]
+    labels = [",".join(f"{k}={g[k]}" for k in keys) for g in groups]
+    return labels if keys and len(set(labels)) == len(groups) else [g["group"] for g in groups]
+
+
 def plot_robustness(groups: list[dict], path: Path) -> None:
     """The robustness curve: BCE on masked test input against its noise level, one line per
     group (the mean over its seeds, the sd as bars)."""
     fig, (ax,) = new_axes()
-    for group in groups:
-        curve = robustness_curve(group) if group["n"] else []
-        if curve:
-            x, y, sd = zip(*curve, strict=True)
-            ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=group["group"])
+    curves = [(g, robustness_curve(g)) for g in groups if g["n"]]
+    curves = [(g, curve) for g, curve in curves if curve]
+    for (_, curve), label in zip(curves, legend_labels([g for g, _ in curves]), strict=True):
+        x, y, sd = zip(*curve, strict=True)
+        ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=label)
     ax.set(xlabel="masking noise of the test input", ylabel="test BCE against the clean image")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
