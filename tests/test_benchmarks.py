@@ -7,19 +7,10 @@ import pytest
 from autoencoders.config import REPO_ROOT
 from train import train
 
-from .conftest import write_synthetic_mnist
-
 
 @pytest.fixture
 def benchmarks_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
-
-
-@pytest.fixture(scope="module")
-def mnist_split_dir(tmp_path_factory):
-    """Synthetic files with MNIST's own split (the first 5,000 validate), which the
-    benchmarks take as given."""
-    return write_synthetic_mnist(tmp_path_factory.mktemp("data"), num_val=5000)
 
 
 def interleaved(timer, data_dir, window: int, net: str = "chapter") -> list[str]:

@@ -13,7 +13,7 @@ def test_tensorboard_holds_scalars_images_histograms_and_hparams(make_cfg, tmp_p
     metrics = train(make_cfg("variant=denoising", "noise_prob=0.5"))
     runs = read_run(tmp_path / "tensorboard")
     (name,) = runs
-    settings = "data.eval_batch_size=500,data.num_val=500,noise_prob=0.5,trainer=debug"
+    settings = "data.eval_batch_size=200,data.num_val=500,noise_prob=0.5,trainer=debug"
     assert name == f"{settings},variant=denoising"
     tags = {}
     for accumulator in runs.values():

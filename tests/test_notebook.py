@@ -10,8 +10,8 @@ NOTEBOOK = REPO_ROOT / "notebooks" / "chapter.ipynb"
 
 
 @pytest.mark.slow
-def test_the_chapter_notebook_runs_top_to_bottom(mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("CHAPTER_DATA_DIR", str(mnist_dir))
+def test_the_chapter_notebook_runs_top_to_bottom(mnist_split_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHAPTER_DATA_DIR", str(mnist_split_dir))
     monkeypatch.setenv("CHAPTER_STEPS", "5")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
@@ -23,6 +23,7 @@ def test_the_chapter_notebook_runs_top_to_bottom(mnist_dir, tmp_path, monkeypatc
     pictures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(pictures) == 3  # plain; sparse with zeroing; denoising
     text = "".join(output.get("text", "") for output in outputs)
+    assert "'train': 600, 'val': 5000, 'test': 300" in text  # the notebook trains on 600
     assert "test BCE after 5 minibatches" in text and "masked input" in text
 
 

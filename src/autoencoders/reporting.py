@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -255,11 +256,12 @@ def robustness_curve(group: dict) -> list[tuple[float, float, float]]:
 
 
 def legend_labels(groups: list[dict]) -> list[str]:
-    """Each group's name in a legend: the settings that tell the groups apart, without the
-    overrides they share (the whole group names where the settings do not tell them apart)."""
-    keys = [k for k in SETTINGS if k != "seed" and len({str(g[k]) for g in groups}) > 1]
-    labels = [",".join(f"{k}={g[k]}" for k in keys) for g in groups]
-    return labels if keys and len(set(labels)) == len(groups) else [g["group"] for g in groups]
+    """Each group's name in a legend: its overrides less those that every group shares."""
+    # a group's name is its overrides joined by commas; a list value keeps its own commas
+    overrides = [re.split(r",(?![^\[]*\])", g["group"]) for g in groups]
+    shared = set.intersection(*map(set, overrides)) if groups else set()
+    labels = [",".join(o for o in own if o not in shared) for own in overrides]
+    return [label or g["group"] for label, g in zip(labels, groups, strict=True)]
 
 
 def plot_robustness(groups: list[dict], path: Path) -> None:
