@@ -28,8 +28,8 @@ torch.set_num_threads(1)
 CONF_DIR = REPO_ROOT / "conf"
 # The train file holds NUM_VAL validation images (data.num_val in every test's config; MNIST's
 # 5,000 would make validation most of a tiny run's time) and then 600 training images.
-NUM_VAL, NUM_TEST = 500, 300
-NUM_TRAIN_FILE = NUM_VAL + 600
+NUM_VAL, NUM_TRAIN, NUM_TEST = 500, 600, 300
+NUM_TRAIN_FILE = NUM_VAL + NUM_TRAIN
 
 
 def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -48,11 +48,11 @@ def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def write_synthetic_mnist(data_dir: Path, seed: int = 0, num_val: int = NUM_VAL) -> Path:
-    """IDX files of num_val validation + 600 training images, and NUM_TEST test images."""
+    """IDX files of num_val validation + NUM_TRAIN training images, and NUM_TEST test images."""
     rng = np.random.default_rng(seed)
     out = raw_dir(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", num_val + 600), ("t10k", NUM_TEST)):
+    for split, n in (("train", num_val + NUM_TRAIN), ("t10k", NUM_TEST)):
         labels = rng.integers(0, 10, n, dtype=np.uint8)
         write_idx(out / f"{split}-images-idx3-ubyte", synthetic_images(labels, rng))
         write_idx(out / f"{split}-labels-idx1-ubyte", labels)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from pathlib import Path
 from shutil import rmtree
 
 import pytest
@@ -53,7 +54,8 @@ def test_a_sweep_with_a_failing_job_keeps_the_others_and_the_report_lists_it(
     ]
     assert float(rows[0]["test/bce"]) <= float(rows[1]["test/bce"])  # best first
     assert {r["variant"] for r in rows[:2]} == {"plain", "denoising"}
-    assert "not done: data.num_val=500,noise_prob=1.5,trainer=debug,variant=plain,paths=" in err
+    job = f"data.num_val={NUM_VAL},noise_prob=1.5,trainer=debug,variant=plain"
+    assert f"not done: {job},paths=" in err
     assert out.count("| done |") == 2 and (tmp_path / "report.md").read_text() in out + "\n"
     assert (tmp_path / "report.png").stat().st_size > 0
     assert (tmp_path / "robustness.png").stat().st_size > 0
@@ -126,8 +128,7 @@ def test_jobs_that_differ_only_in_a_path_get_a_folder_each(mnist_dir, tmp_path):
     result = run_script(
         "train.py", "-m", f"ckpt_path={tmp_path / 'a.ckpt'},{tmp_path / 'b.ckpt'}",
         f"data.data_dir={tmp_path / 'data_a'},{tmp_path / 'data_b'}", f"data.num_val={NUM_VAL}",
-        "trainer=debug",
-        "~callbacks.probe", f"hydra.sweep.dir={sweep}",
+        "trainer=debug", "~callbacks.probe", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = sorted(p.parent.name for p in sweep.glob("*/.hydra"))
@@ -166,16 +167,26 @@ def test_joblib_runs_jobs_in_parallel_sharing_the_cores(mnist_dir, tmp_path):
         assert f"torch threads: {threads}\n" in (job_dir(tmp_path, job) / "train.log").read_text()
 
 
+def study_db(root, search: str) -> Path | None:
+    """The file of the one stored study of `search` under `root`/outputs (None: not yet)."""
+    dbs = list((root / "outputs").glob(f"{search}*.db"))
+    assert len(dbs) <= 1, dbs
+    return dbs[0] if dbs else None
+
+
 def completed_trials(root, search: str) -> int:
     """The finished trials of a search's study, read while the search may still be creating
     it: read-only, so that the reader never creates tables that the search is creating."""
     import sqlite3
 
-    dbs = list((root / "outputs").glob(f"{search}*.db"))
+    db = study_db(root, search)
+    if db is None:
+        return 0
     try:
-        with closing(sqlite3.connect(f"file:{dbs[0]}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-    except (IndexError, sqlite3.OperationalError):  # no file yet, or no table yet, or locked
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            query = "SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'"
+            return connection.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # no table yet, or locked
         return 0
 
 
@@ -183,10 +194,9 @@ def study_trials(root, search: str) -> list:
     """The trials of the one stored study of `search` under `root`/outputs."""
     import optuna
 
-    dbs = list((root / "outputs").glob(f"{search}*.db"))
-    if not dbs:
+    db = study_db(root, search)
+    if db is None:
         raise KeyError(f"no study of {search} (yet)")
-    (db,) = dbs
     return optuna.load_study(study_name=db.stem, storage=f"sqlite:///{db}").trials
 
 
