@@ -116,6 +116,25 @@ def make_cfg(mnist_dir, tmp_path):
     return _make
 
 
+@pytest.fixture(scope="session")
+def trained_once(tmp_path_factory, mnist_dir):
+    """trained_once("variant=sparse", ...) -> (run folder, metrics) of a tiny run, trained once
+    per test process and shared by every test that asks for the same overrides: read it, never
+    write to it."""
+    from train import train
+
+    runs = {}
+
+    def _trained(*overrides: str):
+        if overrides not in runs:
+            out = tmp_path_factory.mktemp("trained")
+            metrics = train(compose_config("train", [*tiny_overrides(mnist_dir, out), *overrides]))
+            runs[overrides] = out, metrics
+        return runs[overrides]
+
+    return _trained
+
+
 def read_run(logdir):
     """{run name: accumulator} for every run under logdir, as `tensorboard --logdir` sees them."""
     multiplexer = EventMultiplexer(size_guidance={"images": 0, "histograms": 0, "scalars": 0})

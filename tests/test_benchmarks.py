@@ -35,7 +35,7 @@ def test_the_minimal_loop_trains_each_net(mnist_split_dir, benchmarks_on_path, n
     assert loop.test_bce() < before - 0.05
 
 
-@pytest.mark.parametrize("net", ["chapter", "conv"])
+@pytest.mark.parametrize("net", ["chapter", pytest.param("conv", marks=pytest.mark.slow)])
 def test_a_and_b_are_timed_in_alternating_windows_without_changing_a(
     make_cfg, mnist_split_dir, tmp_path, benchmarks_on_path, net
 ):

@@ -14,7 +14,7 @@ import torch
 from autoencoders.checkpoints import CheckpointError, load_trained, read_checkpoint
 from train import train
 
-from .conftest import compose_config, run_script, synthetic_data
+from .conftest import run_script, synthetic_data
 
 
 class RunsCode:
@@ -27,13 +27,10 @@ class RunsCode:
         return pathlib.Path.touch, (pathlib.Path(self.marker),)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, mnist_dir):
+@pytest.fixture
+def trained(trained_once):
     """last.ckpt of a tiny chapter run (latent_space 128, AdaGrad)."""
-    out = tmp_path_factory.mktemp("trained")
-    from .conftest import tiny_overrides
-
-    train(compose_config("train", [*tiny_overrides(mnist_dir, out), "~callbacks.probe"]))
+    out, _ = trained_once("~callbacks.probe")
     return out / "checkpoints" / "last.ckpt"
 
 

@@ -14,24 +14,19 @@ from autoencoders.data import to_unit
 from autoencoders.masks import fixed_keep
 from autoencoders.prediction import ImageError, fit_to_mnist, grey, output_names, read_images
 from predict import run_prediction
-from train import train
 
-from .conftest import NUM_TEST, NUM_VAL, compose_config, run_script, tiny_overrides
+from .conftest import NUM_TEST, NUM_VAL, compose_config, run_script
 
 NETS = ["chapter", "mlp", "conv"]
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, mnist_dir):
+@pytest.fixture
+def checkpoints(trained_once):
     """{net: last.ckpt of a tiny denoising run on it}."""
-    found = {}
-    for net in NETS:
-        out = tmp_path_factory.mktemp(f"trained-{net}")
-        overrides = [*tiny_overrides(mnist_dir, out), f"net={net}", "variant=denoising",
-                     "trainer.max_steps=10", "latent_space=16", "~callbacks.probe"]  # fmt: skip
-        train(compose_config("train", overrides))
-        found[net] = out / "checkpoints" / "last.ckpt"
-    return found
+    overrides = ("variant=denoising", "trainer.max_steps=10", "latent_space=16", "~callbacks.probe")
+    return {
+        net: trained_once(f"net={net}", *overrides)[0] / "checkpoints" / "last.ckpt" for net in NETS
+    }
 
 
 def predict_cfg(ckpt, out, *overrides):

@@ -201,20 +201,20 @@ def logged(run_dir) -> dict[str, list[int]]:
     ids=["epoch-end", "mid-epoch", "stop", "best-at-stop", "early-stopping"],
 )  # fmt: skip
 def test_a_resume_logs_at_the_steps_of_an_uninterrupted_run(
-    make_cfg, tmp_path, first, checkpoint, resumed_from
+    make_cfg, trained_once, tmp_path, first, checkpoint, resumed_from
 ):
     common = ["logger=csv", "trainer.log_every_n_steps=5", "trainer.val_check_interval=5",
               "~callbacks.probe"]  # fmt: skip
-    train(make_cfg(*common, "trainer.max_steps=40", f"paths.output_dir={tmp_path / 'fresh'}"))
+    uninterrupted, _ = trained_once(*common, "trainer.max_steps=40")
     train(make_cfg(*common, "trainer.max_steps=20", *first, f"paths.output_dir={tmp_path / 'a'}"))
     ckpt = tmp_path / "a" / "checkpoints" / f"{checkpoint}.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == resumed_from
     train(make_cfg(*common, "trainer.max_steps=40", f"ckpt_path={ckpt}"))
-    fresh, resumed = logged(tmp_path / "fresh"), logged(tmp_path)
+    fresh, resumed = logged(uninterrupted), logged(tmp_path)
     for key in fresh:
         assert resumed[key] == [step for step in fresh[key] if step >= resumed_from], key
     if checkpoint == "last" and "EarlyStopping" not in str(first):  # exact, whatever the step
-        assert read_metrics(tmp_path) == read_metrics(tmp_path / "fresh")
+        assert read_metrics(tmp_path) == read_metrics(uninterrupted)
 
 
 def test_a_resumed_run_does_not_rewrite_the_checkpoint_it_resumed_from(make_cfg, tmp_path):
@@ -291,12 +291,12 @@ def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(
     assert all(moved)  # the added steps trained (the old schedule had ended at rate 0)
 
 
-@pytest.mark.parametrize("net", ["chapter", "mlp"])
-def test_eval_reproduces_the_training_time_test_metrics(make_cfg, tmp_path, monkeypatch, net):
-    trained = train(make_cfg("variant=denoising", "threshold=0.2", f"net={net}"))
+@pytest.mark.parametrize("net", ["chapter", pytest.param("mlp", marks=pytest.mark.slow)])
+def test_eval_reproduces_the_training_time_test_metrics(trained_once, tmp_path, monkeypatch, net):
+    run, trained = trained_once("variant=denoising", "threshold=0.2", f"net={net}")
     eval_dir = tmp_path / "eval"
     cfg = compose_config("eval", [
-        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
         f"paths.output_dir={eval_dir}", "thresholds=[0.1,0.2]",
     ])  # fmt: skip
     fits = []
@@ -319,9 +319,9 @@ def test_eval_reproduces_the_training_time_test_metrics(make_cfg, tmp_path, monk
     assert (eval_dir / "reconstructions.png").is_file()
 
 
-def test_eval_takes_the_data_overrides_its_config_lists(make_cfg, tmp_path):
-    trained = train(make_cfg("variant=denoising"))  # noise_prob 0.3
-    ckpt = f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"
+def test_eval_takes_the_data_overrides_its_config_lists(trained_once, tmp_path):
+    run, trained = trained_once("variant=denoising")  # noise_prob 0.3
+    ckpt = f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
     for override in ("data.noise_prob=0.5", "data.eval_noise_prob=0.5"):
         out = f"paths.output_dir={tmp_path / override.replace('=', '_')}"
         evaluated = evaluate(compose_config("eval", [ckpt, out, override]))
@@ -424,11 +424,11 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_p
      ("0.1", "thresholds=0.1 is out of range: it must be a non-empty list, [a, b, ...]"),
      ("null", "thresholds=None is out of range: it must be a non-empty list, [a, b, ...]")],
 )  # fmt: skip
-def test_eval_checks_its_thresholds_before_testing(make_cfg, tmp_path, thresholds, message):
+def test_eval_checks_its_thresholds_before_testing(trained_once, tmp_path, thresholds, message):
     from autoencoders.config import SettingError
 
-    train(make_cfg())
-    cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+    trained, _ = trained_once()
+    cfg = compose_config("eval", [f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
                                   f"paths.output_dir={tmp_path / 'eval'}",
                                   f"thresholds={thresholds}"])  # fmt: skip
     with pytest.raises(SettingError, match=re.escape(message)):

@@ -14,8 +14,15 @@ ROBUSTNESS = {f"test/bce_masked_{level}" for level in (0.1, 0.3, 0.5, 0.7)}  # t
 METRICS = {*FINAL_METRICS, "test/mean_activation", *ROBUSTNESS}  # what metrics.json holds
 
 
-@pytest.mark.parametrize("net", ["chapter", "mlp", "conv"])
-@pytest.mark.parametrize("variant", ["plain", "sparse", "denoising"])
+# Every pair of variant and net; the quick suite trains the diagonal (each variant and net once).
+EACH_VARIANT_ON_EACH_NET = [
+    pytest.param(variant, net, marks=() if i == j else pytest.mark.slow)
+    for i, variant in enumerate(("plain", "sparse", "denoising"))
+    for j, net in enumerate(("chapter", "mlp", "conv"))
+]
+
+
+@pytest.mark.parametrize("variant, net", EACH_VARIANT_ON_EACH_NET)
 def test_each_variant_trains_on_each_net_and_its_loss_goes_down(make_cfg, variant, net):
     cfg = make_cfg(f"net={net}", f"variant={variant}", "trainer.max_steps=30", "learning_rate=0.3")
     torch.manual_seed(0)
@@ -34,8 +41,11 @@ def test_a_run_without_logger_or_callbacks_trains(make_cfg, tmp_path):
     assert not (tmp_path / "reconstructions.png").exists()  # no Dashboard
 
 
-@pytest.mark.parametrize("net, variant", [("chapter", "sparse"), ("mlp", "denoising"),
-                                          ("conv", "sparse")])  # fmt: skip
+@pytest.mark.parametrize("net, variant", [
+    ("chapter", "sparse"),
+    pytest.param("mlp", "denoising", marks=pytest.mark.slow),
+    pytest.param("conv", "sparse", marks=pytest.mark.slow),
+])  # fmt: skip
 def test_bf16_mixed_precision_trains_to_the_float32_numbers(make_cfg, tmp_path, net, variant):
     common = [f"net={net}", f"variant={variant}", "~callbacks.probe", "learning_rate=0.3"]
     exact = train(make_cfg(*common, f"paths.output_dir={tmp_path / 'fp32'}"))
@@ -135,6 +145,7 @@ def test_help_and_cfg_job_print_what_the_readme_says(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_the_readme_trackers_and_lightning_callbacks_run(make_cfg, tmp_path):
     """`logger=many` and `+callbacks.lr._target_=...LearningRateMonitor`, as documented."""
     lr = "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor"
