@@ -159,6 +159,18 @@ def test_a_checkpoint_from_before_the_net_setting_is_refused_by_name(trained, tm
             load(str(old))
 
 
+def test_a_checkpoint_of_weights_only_loads_for_eval_and_predict(trained, tmp_path):
+    """ModelCheckpoint(save_weights_only=True) writes no optimizer states: nothing to resume,
+    but the model is all that eval and predict need."""
+    checkpoint = torch.load(trained, weights_only=True)
+    del checkpoint["optimizer_states"]
+    weights = tmp_path / "weights.ckpt"
+    torch.save(checkpoint, weights)
+    model, _ = load_trained(str(weights))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, checkpoint["state_dict"][name]), name
+
+
 def test_training_resumes_from_the_bytes_that_were_checked(trained, tmp_path, make_cfg):
     from autoencoders.checkpoints import verified_copy
 

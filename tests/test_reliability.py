@@ -256,9 +256,17 @@ def test_a_resume_on_another_device_uses_that_devices_optimizer_kernel(
                        f"paths.output_dir={first}"))  # fmt: skip
         train(make_cfg(f"optimizer={optimizer}", "trainer.max_steps=20", "optimizer.fused=null",
                        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))  # fmt: skip
-    adagrad_first, adagrad_resumed, muon_first, muon_resumed = kernels
+    # and the other way: a checkpoint of Apple's GPU (fused None) resumed on this CPU
+    checkpoint = torch.load(tmp_path / "adagrad" / "checkpoints" / "last.ckpt", weights_only=True)
+    for state in checkpoint["optimizer_states"]:
+        for group in state["param_groups"]:
+            group["fused"] = None
+    torch.save(checkpoint, tmp_path / "mps.ckpt")
+    train(make_cfg("trainer.max_steps=11", f"ckpt_path={tmp_path / 'mps.ckpt'}"))
+    adagrad_first, adagrad_resumed, muon_first, muon_resumed, from_mps = kernels
     assert set(adagrad_first) == {True} and set(adagrad_resumed) == {None}
     assert True in muon_first and True not in muon_resumed
+    assert set(from_mps) == {True}
 
 
 @pytest.mark.parametrize("schedule", ["cooldown", "cosine"])

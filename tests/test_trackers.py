@@ -86,14 +86,6 @@ def test_after_a_failed_run_the_next_gets_a_wandb_run_of_its_own(make_cfg, tmp_p
     assert len(list((tmp_path / "next" / "wandb").glob("offline-run-*"))) == 1
 
 
-def test_many_loggers_at_once_and_none_at_all(make_cfg, tmp_path):
-    train(make_cfg("logger=[tensorboard,csv]", f"paths.output_dir={tmp_path / 'two'}"))
-    assert (tmp_path / "two" / "csv" / "metrics.csv").is_file()
-    assert list((tmp_path / "two" / "tensorboard").rglob("events.out.tfevents.*"))
-    metrics = train(make_cfg("~logger", f"paths.output_dir={tmp_path / 'none'}"))
-    assert metrics["test/bce"] > 0 and not (tmp_path / "none" / "tensorboard").exists()
-
-
 @pytest.mark.parametrize("net", ["chapter", "conv"])
 def test_tensorboard_projector_holds_the_codes_labels_and_digits(make_cfg, tmp_path, net):
     from google.protobuf import text_format

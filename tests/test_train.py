@@ -145,9 +145,9 @@ def test_help_and_cfg_job_print_what_the_readme_says(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.slow
 def test_the_readme_trackers_and_lightning_callbacks_run(make_cfg, tmp_path):
-    """`logger=many` and `+callbacks.lr._target_=...LearningRateMonitor`, as documented."""
+    """`logger=many` (TensorBoard, CSV and MLflow at once) and
+    `+callbacks.lr._target_=...LearningRateMonitor`, as documented."""
     lr = "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor"
     (tmp_path / "outputs").mkdir()
     train(make_cfg("logger=many", lr, "scheduler=cosine", f"paths.root_dir={tmp_path}"))
