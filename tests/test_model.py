@@ -1,3 +1,4 @@
+import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -312,3 +313,56 @@ def test_validation_scores_the_masked_input_under_the_fixed_mask(make_cfg):
     assert logged["val/bce_masked"] == pytest.approx(expected, rel=1e-6)
     assert logged["val/bce"] == pytest.approx(clean_bce, rel=1e-6)
     assert abs(expected - clean_bce) > 1e-5 * clean_bce  # 10x the tolerance above
+    assert set(trainer.progress_bar_metrics) == {"val/bce"}  # what the progress bar shows
+
+
+class RecordLosses(pl.Callback):
+    """{global step: the training loss of that step}."""
+
+    def __init__(self):
+        self.losses = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses[trainer.global_step - 1] = outputs["loss"].item()
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_train_metrics_are_the_losses_of_the_steps_that_lightning_logs(make_cfg, every):
+    import csv
+
+    from train import build
+
+    cfg = make_cfg("logger=csv", f"trainer.log_every_n_steps={every}", "trainer.max_steps=8",
+                   "~callbacks.probe")  # fmt: skip
+    datamodule, model, trainer = build(cfg)
+    record = RecordLosses()
+    trainer.callbacks.append(record)
+    trainer.fit(model, datamodule=datamodule)
+    with open(f"{cfg.paths.output_dir}/csv/metrics.csv") as f:
+        logged = {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f)
+                  if row["train/loss"]}  # fmt: skip
+    assert sorted(logged) == list(range(every - 1, 8, every))
+    for step, loss in logged.items():
+        assert loss == pytest.approx(record.losses[step], rel=1e-6), step
+
+
+def test_model_compile_trains_through_torch_compile_of_the_loss(make_cfg, tmp_path, monkeypatch):
+    """model.compile=<mode>: every training step runs torch.compile(model.loss, mode=<mode>);
+    null: no compiling. torch.compile is recorded here, not run (the slow test_train.py
+    compiles for real)."""
+    from train import train
+
+    compiled, steps, graph_steps = [], [], []
+
+    def compile(loss, mode=None):
+        compiled.append((loss.__name__, mode))
+        return lambda *batch: steps.append(mode) or loss(*batch)
+
+    monkeypatch.setattr(torch, "compile", compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: graph_steps.append(1))
+    for mode in ("null", "default", "reduce-overhead"):
+        train(make_cfg(f"model.compile={mode}", "trainer.max_steps=3", "~callbacks.probe",
+                       f"paths.output_dir={tmp_path / mode}"))  # fmt: skip
+    assert compiled == [("loss", "default"), ("loss", "reduce-overhead")]
+    assert steps == ["default"] * 3 + ["reduce-overhead"] * 3
+    assert graph_steps == [1] * 3  # CUDA graphs mark each step, only under reduce-overhead
