@@ -87,15 +87,26 @@ def test_with_accumulation_an_epoch_ends_on_a_whole_optimizer_step(mnist_dir):
 def test_training_batches_are_gathered_on_the_training_device(mnist_dir):
     """On a GPU the training set stays there: no copy from the host per batch. The meta
     device (shapes only, no data) stands in for a GPU."""
-    dm = datamodule(mnist_dir, batch_size=64)
+    dm = datamodule(mnist_dir, batch_size=128)  # 600 images: 5 batches, 6 in steps of 2
     dm.trainer = SimpleNamespace(
         strategy=SimpleNamespace(root_device=torch.device("meta")),
-        global_rank=0, world_size=1, global_step=4, accumulate_grad_batches=2,
+        global_rank=0, world_size=1, global_step=2, accumulate_grad_batches=2,
     )  # fmt: skip
     batches = dm.train_dataloader()
     assert batches.permutation(0).device.type == "meta"  # the order too: indexes there
     items = [(images.device.type, tuple(images.shape), index) for images, index in batches]
-    assert items == [("meta", (64, 784), 8), ("meta", (64, 784), 9)]  # batches 8, 9: step 4
+    assert items == [("meta", (128, 784), 4), ("meta", (128, 784), 5)]  # batches 4, 5: step 2
+
+
+def test_without_a_trainer_the_training_batches_start_at_batch_0_on_the_cpu(mnist_dir):
+    """The data module on its own (a notebook, a script of one's own): one pass, in the
+    order a run's first epoch trains on."""
+    dm = datamodule(mnist_dir, batch_size=128)
+    batches = list(dm.train_dataloader())
+    expected = list(train_batches(dm))
+    assert [index for _, index in batches] == [index for _, index in expected] == [0, 1, 2, 3, 4]
+    for (images, _), (same, _) in zip(batches, expected, strict=True):
+        assert images.device.type == "cpu" and torch.equal(images, same)
 
 
 @pytest.mark.parametrize("noise_prob", [0.1, 0.3, 0.7])
