@@ -86,6 +86,13 @@ def test_after_a_failed_run_the_next_gets_a_wandb_run_of_its_own(make_cfg, tmp_p
     assert len(list((tmp_path / "next" / "wandb").glob("offline-run-*"))) == 1
 
 
+def test_any_set_of_loggers_at_once(make_cfg, tmp_path):
+    """`logger=[tensorboard,csv]`: Hydra's list of the group's options, as documented."""
+    train(make_cfg("logger=[tensorboard,csv]"))
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
 @pytest.mark.parametrize("net", ["chapter", "conv"])
 def test_tensorboard_projector_holds_the_codes_labels_and_digits(make_cfg, tmp_path, net):
     from google.protobuf import text_format
