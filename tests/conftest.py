@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from autoencoders.config import REPO_ROOT
 from autoencoders.mnist_files import raw_dir, write_idx
@@ -23,7 +21,16 @@ from autoencoders.mnist_files import raw_dir, write_idx
 # workers, a test's subprocesses) each small op waits for a descheduled thread, which made tiny
 # runs several times slower. Tests of the thread settings set what they test.
 os.environ["OMP_NUM_THREADS"] = "1"
-torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """(torch is imported here, not at the top: pytest-xdist's controller process, which runs
+    no test, then does not spend seconds of the workers' cores importing it.)"""
+    import torch
+
+    torch.set_num_threads(1)
+
 
 CONF_DIR = REPO_ROOT / "conf"
 # The train file holds NUM_VAL validation images (data.num_val in every test's config; MNIST's
@@ -137,6 +144,8 @@ def trained_once(tmp_path_factory, mnist_dir):
 
 def read_run(logdir):
     """{run name: accumulator} for every run under logdir, as `tensorboard --logdir` sees them."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
     multiplexer = EventMultiplexer(size_guidance={"images": 0, "histograms": 0, "scalars": 0})
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()

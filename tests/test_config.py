@@ -87,27 +87,29 @@ def test_chapter_defaults(make_cfg):
     assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval) == (10000, 1000)
 
 
-@pytest.mark.parametrize("cuda, mps", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam", "muon"])
 def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
-    make_cfg, monkeypatch, optimizer, cuda, mps
+    make_cfg, monkeypatch, optimizer
 ):
     """torch's fused AdaGrad and Adam run on the CPU and CUDA: fused there; on Apple's GPU
     None, which lets torch pick its multi-tensor kernels (False would switch those off too)."""
     import torch
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-
-    def fused(trainer: str) -> bool | None:
-        settings = make_cfg(f"optimizer={optimizer}", f"trainer={trainer}").optimizer
-        return settings.fused  # muon: Adam's, for the biases
-
-    assert fused("cpu") is True
-    assert fused("default") is (None if mps else True)  # accelerator: auto (CUDA comes first)
-    assert fused("gpu") is (True if cuda else None)
-    assert make_cfg(f"optimizer={optimizer}", "trainer.accelerator=mps").optimizer.fused is None
-    assert make_cfg(f"optimizer={optimizer}", "trainer.accelerator=cuda").optimizer.fused is True
+    trainers = ["trainer=cpu", "trainer=default", "trainer=gpu", "trainer.accelerator=mps",
+                "trainer.accelerator=cuda"]  # fmt: skip
+    # `fused` resolves when it is read, so one composed config serves every device below
+    settings = {t: make_cfg(f"optimizer={optimizer}", t).optimizer for t in trainers}
+    for cuda, mps in [(False, False), (True, False), (False, True)]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda mps=mps: mps)
+        fused = {t: s.fused for t, s in settings.items()}  # muon: Adam's, for the biases
+        assert fused == {
+            "trainer=cpu": True,
+            "trainer=default": None if mps else True,  # accelerator: auto (CUDA comes first)
+            "trainer=gpu": True if cuda else None,
+            "trainer.accelerator=mps": None,
+            "trainer.accelerator=cuda": True,
+        }, (cuda, mps)
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,14 @@ CONFIGS = {"src/train.py": "train", "src/eval.py": "eval", "src/predict.py": "pr
 
 
 def documented_commands() -> list[tuple[str, str, str]]:
-    """(page, script, arguments) of every `python src/...` or `python benchmarks/...` line."""
-    found = []
+    """(page, script, arguments) of every `python src/...` or `python benchmarks/...` line,
+    each command once (under the first page that shows it)."""
+    found = {}
     for page in PAGES:
         for script, arguments in COMMAND.findall(page.read_text()):
             arguments = arguments.split("  #")[0].strip()  # a trailing comment
-            found.append((page.name, script, arguments))
-    return found
+            found.setdefault((script, arguments), page.name)
+    return [(page, script, arguments) for (script, arguments), page in found.items()]
 
 
 def one_run(arguments: str) -> list[str]:

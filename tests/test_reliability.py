@@ -206,8 +206,8 @@ def test_a_resume_logs_at_the_steps_of_an_uninterrupted_run(
     common = ["logger=csv", "trainer.log_every_n_steps=5", "trainer.val_check_interval=5",
               "~callbacks.probe"]  # fmt: skip
     uninterrupted, _ = trained_once(*common, "trainer.max_steps=40")
-    train(make_cfg(*common, "trainer.max_steps=20", *first, f"paths.output_dir={tmp_path / 'a'}"))
-    ckpt = tmp_path / "a" / "checkpoints" / f"{checkpoint}.ckpt"
+    interrupted, _ = trained_once(*common, "trainer.max_steps=20", *first)  # best-at-stop: stop's
+    ckpt = interrupted / "checkpoints" / f"{checkpoint}.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == resumed_from
     train(make_cfg(*common, "trainer.max_steps=40", f"ckpt_path={ckpt}"))
     fresh, resumed = logged(uninterrupted), logged(tmp_path)
@@ -328,7 +328,7 @@ def test_eval_reproduces_the_training_time_test_metrics(trained_once, tmp_path, 
 
 
 def test_eval_takes_the_data_overrides_its_config_lists(trained_once, tmp_path):
-    run, trained = trained_once("variant=denoising")  # noise_prob 0.3
+    run, trained = trained_once("variant=denoising", "threshold=0.2", "net=chapter")  # noise 0.3
     ckpt = f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
     for override in ("data.noise_prob=0.5", "data.eval_noise_prob=0.5"):
         out = f"paths.output_dir={tmp_path / override.replace('=', '_')}"

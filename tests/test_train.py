@@ -64,20 +64,20 @@ def test_sparse_penalty_pulls_mean_activation_towards_rho(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("net", ["chapter", "conv"])
-def test_train_writes_metrics_json_picture_and_checkpoints(make_cfg, tmp_path, net):
-    metrics = train(make_cfg("variant=denoising", f"net={net}"))
+def test_train_writes_metrics_json_picture_and_checkpoints(trained_once, net):
+    run, metrics = trained_once("variant=denoising", "threshold=0.2", f"net={net}")  # shared
     assert set(metrics) == METRICS
-    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics)
     assert metrics["test/bce_masked"] != metrics["test/bce"]  # the masked input was tested
     assert metrics["test/bce_masked_0.3"] == metrics["test/bce_masked"]  # noise_prob 0.3: same mask
     assert 0 <= metrics["test/active_fraction"] <= 1
     assert metrics["test/probe_accuracy"] > 0.6  # the fixture's classes differ; chance: 0.1
-    with Image.open(tmp_path / "reconstructions.png") as grid:  # 4 rows of 10 digits
+    with Image.open(run / "reconstructions.png") as grid:  # 4 rows of 10 digits
         assert grid.size == (10 * 30 + 2, 4 * 30 + 2)
-    with Image.open(tmp_path / "features.png") as features:  # a tile per code unit: 16 x 8
+    with Image.open(run / "features.png") as features:  # a tile per code unit: 16 x 8
         assert features.size == (16 * 29 + 1, 8 * 29 + 1)
-    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
-    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow
