@@ -279,3 +279,15 @@ def test_only_a_prediction_on_ones_own_images_goes_without_mnist(images, predict
     dm.predict_on("test", torch.zeros(2, 784, dtype=torch.uint8) if images else None)
     dm.trainer = SimpleNamespace(predicting=predicting)
     assert dm.own_images_only() is expected
+
+
+def test_ones_own_images_get_masks_seeded_by_the_name_they_are_given():
+    images = torch.zeros(5, 784, dtype=torch.uint8)
+
+    def noise(name: str, seed: int = 0) -> torch.Tensor:
+        dm = MNISTDataModule("unused", noise_prob=0.3, seed=seed)
+        dm.predict_on(name, images)
+        return torch.cat([noise for _, noise in dm.predict_dataloader()])
+
+    assert torch.equal(noise("images"), noise("images", seed=1))  # fixed, as evaluation masks
+    assert not torch.equal(noise("images"), noise("scans"))  # another name, other masks
