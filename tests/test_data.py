@@ -289,5 +289,7 @@ def test_ones_own_images_get_masks_seeded_by_the_name_they_are_given():
         dm.predict_on(name, images)
         return torch.cat([noise for _, noise in dm.predict_dataloader()])
 
+    reference = MNISTDataModule("unused").fixed_noise("images", len(images))
+    assert torch.equal(noise("images"), reference)  # a split's evaluation noise, of that name
     assert torch.equal(noise("images"), noise("images", seed=1))  # fixed, as evaluation masks
     assert not torch.equal(noise("images"), noise("scans"))  # another name, other masks
