@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import re
 import subprocess
@@ -11,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from autoencoders.config import REPO_ROOT
 from autoencoders.mnist_files import raw_dir, write_idx
@@ -95,6 +99,10 @@ def synthetic_data(data_dir: Path) -> list[str]:
     return [f"data.data_dir={data_dir}", f"data.num_val={NUM_VAL}"]
 
 
+# For a run whose pictures no test looks at: the Dashboard's drawing is half of a tiny run's time.
+NO_DASHBOARD = "~callbacks.dashboard"
+
+
 def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:
     """Overrides that make any run a few seconds long on synthetic data."""
     return [
@@ -111,6 +119,38 @@ def compose_config(config_name: str, overrides: list[str]):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+@functools.cache
+def composed_groups(config_name: str, group_overrides: tuple[str, ...]):
+    """compose_config of config groups only, once per test process: read it, never write to it."""
+    return compose_config(config_name, list(group_overrides))
+
+
+def compose_settings(config_name: str, overrides: list[str]):
+    """The config compose_config gives, for tests that read its settings only, at a fraction of
+    the composes: the config groups in `overrides` (`variant=sparse`, `hydra/launcher=joblib`)
+    come from composed_groups, and the other overrides are set on a copy by Hydra's own code,
+    as composing sets them after the groups. Only hydra.overrides and the job's name
+    (hydra.job.override_dirname) do not list those values."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    groups = [o for o in parsed if (CONF_DIR / o.key_or_group).is_dir() or o.is_hydra_override()]
+    cfg = copy.deepcopy(composed_groups(config_name, tuple(o.input_line for o in groups)))
+    values = [o for o in parsed if o not in groups]
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)  # (a private but pinned API)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_settings(mnist_dir, tmp_path):
+    """make_settings("variant=sparse", ...) -> make_cfg's config by compose_settings: for tests
+    that read settings, not for runs (whose names and logs list the overrides)."""
+
+    def _make(*overrides: str):
+        return compose_settings("train", [*tiny_overrides(mnist_dir, tmp_path), *overrides])
+
+    return _make
 
 
 @pytest.fixture

@@ -9,45 +9,46 @@ from autoencoders.config import SettingError, check_settings
 
 from .conftest import CONF_DIR
 
-GROUPS = [
-    "data",
-    "model",
-    "variant",
-    "optimizer",
-    "scheduler",
-    "trainer",
-    "logger",
-    "experiment",
-    "hparams_search",
+
+def options(group: str) -> list[str]:
+    return [p.stem for p in sorted((CONF_DIR / group).glob("*.yaml"))]
+
+
+# The groups that each configure one object compose side by side, one option of each per row;
+# an experiment or a search sets several groups itself, so each of its options composes alone.
+SIDE_BY_SIDE = ["data", "net", "model", "variant", "optimizer", "scheduler", "trainer", "logger"]
+ROWS = [
+    [f"{group}={options(group)[i]}" for group in SIDE_BY_SIDE if i < len(options(group))]
+    for i in range(max(len(options(group)) for group in SIDE_BY_SIDE))
+] + [
+    [f"{group}={option}"] for group in ("experiment", "hparams_search") for option in options(group)
 ]
 
 
-@pytest.mark.parametrize(
-    "group, option",
-    [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))],
-)
-def test_every_config_group_option_composes(make_cfg, group, option):
-    cfg = make_cfg(f"{group}={option}")
+def test_the_rows_hold_every_option_of_every_group():
+    composed = {o for row in ROWS for o in row}
+    for group in sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        assert {f"{group}={option}" for option in options(group)} <= composed, group
+
+
+@pytest.mark.parametrize("row", ROWS, ids=",".join)
+def test_every_config_group_option_composes(make_cfg, row):
+    cfg = make_cfg(*row)
     ours = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     OmegaConf.to_container(ours, resolve=True)  # every interpolation of ours resolves
     check_settings(cfg)
-    if group == "optimizer":
-        from autoencoders.model import Autoencoder
+    from autoencoders.model import Autoencoder
 
-        settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
-        net = {"_target_": "autoencoders.nets.chapter", "latent_space": 4}
-        optimizer = Autoencoder(net, optimizer=settings).configure_optimizers()
-        assert optimizer.defaults["lr"] == cfg.learning_rate
-        assert sum(len(group["params"]) for group in optimizer.param_groups) == 4
-    if group == "model":
-        model = instantiate(cfg.model)
-        assert (model.hparams.net["latent_space"], model.hparams.beta) == (
-            cfg.latent_space,
-            cfg.beta,
-        )
-        for built_by_the_model in ("net", "optimizer"):  # as plain dicts, not by Hydra
-            assert isinstance(model.hparams[built_by_the_model], dict), built_by_the_model
-    if group == "scheduler" and cfg.scheduler:
+    settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    net = {"_target_": "autoencoders.nets.chapter", "latent_space": 4}
+    optimizer = Autoencoder(net, optimizer=settings).configure_optimizers()
+    assert optimizer.defaults["lr"] == cfg.learning_rate
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == 4
+    model = instantiate(cfg.model)
+    assert (model.hparams.net["latent_space"], model.hparams.beta) == (cfg.latent_space, cfg.beta)
+    for built_by_the_model in ("net", "optimizer"):  # as plain dicts, not by Hydra
+        assert isinstance(model.hparams[built_by_the_model], dict), built_by_the_model
+    if cfg.scheduler:
         import torch
 
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=cfg.learning_rate)
@@ -55,10 +56,8 @@ def test_every_config_group_option_composes(make_cfg, group, option):
         optimizer.step()
         scheduler.step()  # a schedule over trainer.max_steps optimizer steps
         assert 0 < optimizer.param_groups[0]["lr"] <= cfg.learning_rate
-    if group == "data":
-        assert instantiate(cfg.data).batch_size == cfg.batch_size
-    if group == "trainer":
-        assert cfg.trainer.max_steps >= 1 and cfg.trainer._target_.endswith("Trainer")
+    assert instantiate(cfg.data).batch_size == cfg.batch_size
+    assert cfg.trainer.max_steps >= 1 and cfg.trainer._target_.endswith("Trainer")
 
 
 @pytest.mark.parametrize(
@@ -71,15 +70,15 @@ def test_every_config_group_option_composes(make_cfg, group, option):
         (["variant=sparse", "noise_prob=0.3"], {"noise_prob": 0.3, "beta": 1.0}),
     ],
 )
-def test_variants_set_their_settings_and_the_command_line_wins(make_cfg, overrides, expected):
-    cfg = make_cfg(*overrides)
+def test_variants_set_their_settings_and_the_command_line_wins(make_settings, overrides, expected):
+    cfg = make_settings(*overrides)
     for key, value in expected.items():
         assert cfg[key] == value, key
     assert cfg.data.noise_prob == expected["noise_prob"]  # the data module gets it too
 
 
-def test_chapter_defaults(make_cfg):
-    cfg = make_cfg("trainer=default")
+def test_chapter_defaults(make_settings):
+    cfg = make_settings("trainer=default")
     assert (cfg.batch_size, cfg.latent_space, cfg.learning_rate) == (64, 128, 0.1)
     assert (cfg.rho, cfg.threshold) == (0.05, 0.1)
     assert cfg.optimizer._target_ == "torch.optim.Adagrad"
@@ -89,7 +88,7 @@ def test_chapter_defaults(make_cfg):
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam", "muon"])
 def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
-    make_cfg, monkeypatch, optimizer
+    make_settings, monkeypatch, optimizer
 ):
     """torch's fused AdaGrad and Adam run on the CPU and CUDA: fused there; on Apple's GPU
     None, which lets torch pick its multi-tensor kernels (False would switch those off too)."""
@@ -98,7 +97,7 @@ def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
     trainers = ["trainer=cpu", "trainer=default", "trainer=gpu", "trainer.accelerator=mps",
                 "trainer.accelerator=cuda"]  # fmt: skip
     # `fused` resolves when it is read, so one composed config serves every device below
-    settings = {t: make_cfg(f"optimizer={optimizer}", t).optimizer for t in trainers}
+    settings = {t: make_settings(f"optimizer={optimizer}", t).optimizer for t in trainers}
     for cuda, mps in [(False, False), (True, False), (False, True)]:
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda mps=mps: mps)
@@ -214,9 +213,9 @@ def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
         ),
     ],
 )
-def test_bad_settings_name_the_setting_and_allowed_range(make_cfg, override, message):
+def test_bad_settings_name_the_setting_and_allowed_range(make_settings, override, message):
     with pytest.raises(SettingError) as error:
-        check_settings(make_cfg(*override.split()))  # one override, or a group and its key
+        check_settings(make_settings(*override.split()))  # one override, or a group and its key
     assert str(error.value) == message
 
 
@@ -296,10 +295,13 @@ def test_the_trainer_writes_checkpoints_atomically_and_the_settings_are_checked_
     from autoencoders.config import CheckSettingsFirst
     from train import build
 
-    _, _, trainer = build(make_cfg())
+    cfg = make_cfg()
+    _, _, trainer = build(cfg)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    callbacks = make_cfg().hydra.callbacks
-    (checker,) = [instantiate(c) for c in callbacks.values() if "CheckSettings" in c._target_]
+    (checker,) = [
+        instantiate(c) for c in cfg.hydra.callbacks.values() if "CheckSettings" in c._target_
+    ]
     assert isinstance(checker, CheckSettingsFirst)
+    cfg.noise_prob = 1.5
     with pytest.raises(SystemExit, match="noise_prob=1.5 is out of range"):
-        checker.on_run_start(make_cfg("noise_prob=1.5"))
+        checker.on_run_start(cfg)
