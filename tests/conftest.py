@@ -99,7 +99,7 @@ def synthetic_data(data_dir: Path) -> list[str]:
     return [f"data.data_dir={data_dir}", f"data.num_val={NUM_VAL}"]
 
 
-# For a run whose pictures no test looks at: the Dashboard's drawing is half of a tiny run's time.
+# For a run whose pictures no test looks at: the Dashboard's drawing is much of a tiny run's time.
 NO_DASHBOARD = "~callbacks.dashboard"
 
 
@@ -131,8 +131,9 @@ def compose_settings(config_name: str, overrides: list[str]):
     """The config compose_config gives, for tests that read its settings only, at a fraction of
     the composes: the config groups in `overrides` (`variant=sparse`, `hydra/launcher=joblib`)
     come from composed_groups, and the other overrides are set on a copy by Hydra's own code,
-    as composing sets them after the groups. Only hydra.overrides and the job's name
-    (hydra.job.override_dirname) do not list those values."""
+    as composing sets them after the groups. Only hydra.overrides, the job's name
+    (hydra.job.override_dirname) and what is named after it (the loggers' run names, a search's
+    study) do not list those values. Sweeps (`a=1,2`) are not taken: give one value."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     groups = [o for o in parsed if (CONF_DIR / o.key_or_group).is_dir() or o.is_hydra_override()]
     cfg = copy.deepcopy(composed_groups(config_name, tuple(o.input_line for o in groups)))

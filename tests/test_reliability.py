@@ -140,8 +140,9 @@ def uninterrupted(overrides: list[str], run_dir) -> None:
 
 
 def killed_and_resumed(mnist_dir, tmp_path, common: list[str], kill: list[str]):
-    """(uninterrupted run, resumed run) directories: the same command, once killed by
-    tests.callbacks.KillAt(`kill`) and resumed from its last.ckpt."""
+    """(uninterrupted run, resumed run) directories: the same settings, trained once in this
+    process, and once by the script killed by tests.callbacks.KillAt(`kill`) and resumed from
+    its last.ckpt."""
     full, crashed, resumed = tmp_path / "full", tmp_path / "crashed", tmp_path / "resumed"
     common = [*synthetic_data(mnist_dir), "trainer=debug", *common]
     tests = str(REPO_ROOT)  # where tests.callbacks is found

@@ -156,9 +156,7 @@ def test_the_readme_trackers_and_lightning_callbacks_run(make_cfg, tmp_path):
     `+callbacks.lr._target_=...LearningRateMonitor`, as documented."""
     lr = "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor"
     (tmp_path / "outputs").mkdir()
-    train(
-        make_cfg(NO_DASHBOARD, "logger=many", lr, "scheduler=cosine", f"paths.root_dir={tmp_path}")
-    )
+    train(make_cfg("logger=many", lr, "scheduler=cosine", f"paths.root_dir={tmp_path}"))
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "lr-Adagrad" in header  # the LearningRateMonitor's column
