@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+# (Hydra's own code for what composing does after the groups: private, of the pinned version)
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf, open_dict
 
 from autoencoders.config import REPO_ROOT
 from autoencoders.mnist_files import raw_dir, write_idx
@@ -113,45 +116,35 @@ def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:
     ]
 
 
-def compose_config(config_name: str, overrides: list[str]):
-    """Compose a config as the Hydra app would, `${hydra:...}` values included."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 @functools.cache
 def composed_groups(config_name: str, group_overrides: tuple[str, ...]):
-    """compose_config of config groups only, once per test process: read it, never write to it."""
-    return compose_config(config_name, list(group_overrides))
+    """The config that `group_overrides` compose, once per test process: copy it, never write
+    to it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(group_overrides), return_hydra_config=True)
 
 
-def compose_settings(config_name: str, overrides: list[str]):
-    """The config compose_config gives, for tests that read its settings only, at a fraction of
-    the composes: the config groups in `overrides` (`variant=sparse`, `hydra/launcher=joblib`)
-    come from composed_groups, and the other overrides are set on a copy by Hydra's own code,
-    as composing sets them after the groups. Only hydra.overrides, the job's name
-    (hydra.job.override_dirname) and what is named after it (the loggers' run names, a search's
-    study) do not list those values. Sweeps (`a=1,2`) are not taken: give one value."""
+def compose_config(config_name: str, overrides: list[str]):
+    """Compose a config as the Hydra app would, `${hydra:...}` values included. Composing is
+    most of a test's setup, so each choice of config groups (`variant=sparse`, `~logger`,
+    `hydra/launcher=joblib`, `hydra.*`) is composed once per test process; the other overrides
+    are then set on a copy by Hydra's own code and listed in hydra.overrides and the job's name,
+    as composing does after the groups. (Sweeps, `a=1,2`, are not taken: give one value.)"""
     parsed = OverridesParser.create().parse_overrides(overrides)
     groups = [o for o in parsed if (CONF_DIR / o.key_or_group).is_dir() or o.is_hydra_override()]
     cfg = copy.deepcopy(composed_groups(config_name, tuple(o.input_line for o in groups)))
-    values = [o for o in parsed if o not in groups]
-    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)  # (a private but pinned API)
+    OmegaConf.clear_cache(cfg)  # a `${now:...}` resolved when the groups were composed
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o not in groups], cfg)
+    task = [o for o in parsed if not o.is_hydra_override()]
+    naming = cfg.hydra.job.config.override_dirname
+    with open_dict(cfg.hydra):
+        cfg.hydra.overrides.task = [o.input_line for o in task]
+        cfg.hydra.runtime.cwd = os.getcwd()
+        cfg.hydra.job.override_dirname = get_overrides_dirname(
+            task, naming.exclude_keys, naming.item_sep, naming.kv_sep
+        )
     HydraConfig.instance().set_config(cfg)
     return cfg
-
-
-@pytest.fixture
-def make_settings(mnist_dir, tmp_path):
-    """make_settings("variant=sparse", ...) -> make_cfg's config by compose_settings: for tests
-    that read settings, not for runs (whose names and logs list the overrides)."""
-
-    def _make(*overrides: str):
-        return compose_settings("train", [*tiny_overrides(mnist_dir, tmp_path), *overrides])
-
-    return _make
 
 
 @pytest.fixture

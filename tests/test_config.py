@@ -70,15 +70,15 @@ def test_every_config_group_option_composes(make_cfg, row):
         (["variant=sparse", "noise_prob=0.3"], {"noise_prob": 0.3, "beta": 1.0}),
     ],
 )
-def test_variants_set_their_settings_and_the_command_line_wins(make_settings, overrides, expected):
-    cfg = make_settings(*overrides)
+def test_variants_set_their_settings_and_the_command_line_wins(make_cfg, overrides, expected):
+    cfg = make_cfg(*overrides)
     for key, value in expected.items():
         assert cfg[key] == value, key
     assert cfg.data.noise_prob == expected["noise_prob"]  # the data module gets it too
 
 
-def test_chapter_defaults(make_settings):
-    cfg = make_settings("trainer=default")
+def test_chapter_defaults(make_cfg):
+    cfg = make_cfg("trainer=default")
     assert (cfg.batch_size, cfg.latent_space, cfg.learning_rate) == (64, 128, 0.1)
     assert (cfg.rho, cfg.threshold) == (0.05, 0.1)
     assert cfg.optimizer._target_ == "torch.optim.Adagrad"
@@ -88,7 +88,7 @@ def test_chapter_defaults(make_settings):
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam", "muon"])
 def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
-    make_settings, monkeypatch, optimizer
+    make_cfg, monkeypatch, optimizer
 ):
     """torch's fused AdaGrad and Adam run on the CPU and CUDA: fused there; on Apple's GPU
     None, which lets torch pick its multi-tensor kernels (False would switch those off too)."""
@@ -97,7 +97,7 @@ def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
     trainers = ["trainer=cpu", "trainer=default", "trainer=gpu", "trainer.accelerator=mps",
                 "trainer.accelerator=cuda"]  # fmt: skip
     # `fused` resolves when it is read, so one composed config serves every device below
-    settings = {t: make_settings(f"optimizer={optimizer}", t).optimizer for t in trainers}
+    settings = {t: make_cfg(f"optimizer={optimizer}", t).optimizer for t in trainers}
     for cuda, mps in [(False, False), (True, False), (False, True)]:
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda mps=mps: mps)
@@ -213,9 +213,9 @@ def test_optimizers_get_the_fastest_kernel_torch_has_for_the_device(
         ),
     ],
 )
-def test_bad_settings_name_the_setting_and_allowed_range(make_settings, override, message):
+def test_bad_settings_name_the_setting_and_allowed_range(make_cfg, override, message):
     with pytest.raises(SettingError) as error:
-        check_settings(make_settings(*override.split()))  # one override, or a group and its key
+        check_settings(make_cfg(*override.split()))  # one override, or a group and its key
     assert str(error.value) == message
 
 

@@ -8,7 +8,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from autoencoders.config import REPO_ROOT, check_settings
 
-from .conftest import compose_settings
+from .conftest import compose_config
 
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 COMMAND = re.compile(r"python ((?:src|benchmarks)/\w+\.py)([^`\n]*)")
@@ -53,7 +53,7 @@ def test_every_documented_command_composes(page, script, arguments, mnist_dir, t
     overrides = one_run(arguments)
     if script != "src/train.py" and not any(o.startswith("ckpt_path=") for o in overrides):
         pytest.fail(f"{page}: {script} needs ckpt_path: {arguments}")
-    cfg = compose_settings(CONFIGS[script], [*overrides, f"paths.output_dir={tmp_path}"])
+    cfg = compose_config(CONFIGS[script], [*overrides, f"paths.output_dir={tmp_path}"])
     if script == "src/train.py":
         check_settings(cfg)  # values in range, as the script would check them
 

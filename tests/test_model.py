@@ -143,9 +143,9 @@ def test_zeroing_sets_small_activations_to_zero_and_keeps_the_rest():
     assert torch.equal(model.zeroed(hidden, 0.3), torch.tensor([[0.0, 0.0, 0.5, 0.0, 0.0]]))
 
 
-def test_adagrad_config_matches_tf1_adagrad_optimizer(make_settings):
+def test_adagrad_config_matches_tf1_adagrad_optimizer(make_cfg):
     """TF1: accum starts at 0.1; accum += g^2; var -= lr * g / sqrt(accum)."""
-    cfg = make_settings("optimizer=adagrad", "learning_rate=0.1")
+    cfg = make_cfg("optimizer=adagrad", "learning_rate=0.1")
     param = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
     optimizer = instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True), params=[param])
     expected, accum = param.detach().clone(), torch.full((3,), 0.1, dtype=torch.float64)
