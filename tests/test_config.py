@@ -9,26 +9,26 @@ from autoencoders.config import SettingError, check_settings
 
 from .conftest import CONF_DIR
 
-
-def options(group: str) -> list[str]:
-    return [p.stem for p in sorted((CONF_DIR / group).glob("*.yaml"))]
-
-
+OPTIONS = {  # {config group: its options}
+    group.name: [p.stem for p in sorted(group.glob("*.yaml"))]
+    for group in sorted(CONF_DIR.iterdir())
+    if group.is_dir() and group.name != "hydra"
+}
 # The groups that each configure one object compose side by side, one option of each per row;
 # an experiment or a search sets several groups itself, so each of its options composes alone.
 SIDE_BY_SIDE = ["data", "net", "model", "variant", "optimizer", "scheduler", "trainer", "logger"]
 ROWS = [
-    [f"{group}={options(group)[i]}" for group in SIDE_BY_SIDE if i < len(options(group))]
-    for i in range(max(len(options(group)) for group in SIDE_BY_SIDE))
+    [f"{group}={OPTIONS[group][i]}" for group in SIDE_BY_SIDE if i < len(OPTIONS[group])]
+    for i in range(max(len(OPTIONS[group]) for group in SIDE_BY_SIDE))
 ] + [
-    [f"{group}={option}"] for group in ("experiment", "hparams_search") for option in options(group)
+    [f"{group}={option}"] for group in ("experiment", "hparams_search") for option in OPTIONS[group]
 ]
 
 
 def test_the_rows_hold_every_option_of_every_group():
     composed = {o for row in ROWS for o in row}
-    for group in sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
-        assert {f"{group}={option}" for option in options(group)} <= composed, group
+    for group, options in OPTIONS.items():
+        assert {f"{group}={option}" for option in options} <= composed, group
 
 
 @pytest.mark.parametrize("row", ROWS, ids=",".join)
