@@ -1,7 +1,9 @@
 """Callbacks that tests add to subprocess runs (`+callbacks.NAME._target_=tests.callbacks.X`)."""
 
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -27,6 +29,19 @@ class KillAt(pl.Callback):
                 os.kill(os.getpid(), signal.SIGKILL)
 
         setattr(self, hook, kill)
+
+
+class KeepLastCheckpointAt(pl.Callback):
+    """Copies last.ckpt to last_at_<step>.ckpt as training goes past step `step` (its
+    validation and last.ckpt done): the checkpoint a run killed after that step leaves."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            folder = Path(trainer.checkpoint_callback.dirpath)
+            shutil.copyfile(folder / "last.ckpt", folder / f"last_at_{self.step}.ckpt")
 
 
 class SameWeightsOnEveryRank(pl.Callback):

@@ -276,6 +276,14 @@ def test_a_study_is_named_by_its_search_and_the_settings_the_command_fixes():
     assert study_name("denoising", ["trainer.max_steps=5"]) != study_name(
         "denoising", ["trainer.max_steps=150"]
     )
+    # where a search stores its study: by that name, or by the one given
+    from .conftest import compose_config
+
+    search = ["hparams_search=denoising", "trainer.max_steps=3", "paths.root_dir=/r"]
+    cfg = compose_config("train", search).hydra.sweeper
+    assert cfg.storage == "sqlite:////r/outputs/denoising,trainer.max_steps=3.db"
+    cfg = compose_config("train", [*search, "hydra.sweeper.study_name=mine"]).hydra.sweeper
+    assert (cfg.study_name, cfg.storage) == ("mine", "sqlite:////r/outputs/mine.db")
 
 
 @pytest.mark.parametrize("config_name", ["train", "eval"])

@@ -11,7 +11,7 @@ from autoencoders.model import Autoencoder
 from eval import evaluate
 from train import build, check_distributed, train
 
-from .conftest import NUM_VAL, compose_config, job_dir, run_script, synthetic_data
+from .conftest import NUM_VAL, compose_config, job_dir, read_run, run_script, synthetic_data
 
 
 def read_metrics(run_dir):
@@ -58,10 +58,14 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
     common = [*synthetic_data(mnist_dir), "trainer=ddp_cpu", "trainer.val_check_interval=10",
               "callbacks.last_checkpoint.every_n_train_steps=10", "variant=denoising",
               "net=mlp", "trainer.log_every_n_steps=10"]  # fmt: skip
-    full, first, resumed = tmp_path / "runs" / "full", tmp_path / "first", tmp_path / "resumed"
+    full, resumed = tmp_path / "runs" / "full", tmp_path / "resumed"
     same_weights = "+callbacks.same_weights._target_=tests.callbacks.SameWeightsOnEveryRank"
     rank_mean = "+callbacks.rank_mean._target_=tests.callbacks.TrainLossIsTheMeanOverRanks"
-    result = run_script("train.py", *common, same_weights, rank_mean, "trainer.max_steps=30",
+    keep = [
+        "+callbacks.keep._target_=tests.callbacks.KeepLastCheckpointAt",
+        "+callbacks.keep.step=20",
+    ]
+    result = run_script("train.py", *common, same_weights, rank_mean, *keep, "trainer.max_steps=30",
                         f"hydra.run.dir={full}", pythonpath=str(REPO_ROOT))  # fmt: skip
     # every optimizer step all-reduced its gradients; train/loss is the mean of the ranks' losses
     assert result.returncode == 0, result.stderr[-3000:]
@@ -81,15 +85,15 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
     for name, value in read_metrics(full).items():
         if name.startswith("test/"):
             assert value == pytest.approx(single[name], abs=1e-6), name
-    # resume under DDP: 20 steps, then on to 30 from last.ckpt == 30 steps at once
-    assert (
-        run_script("train.py", *common, "trainer.max_steps=20", f"hydra.run.dir={first}").returncode
-        == 0
-    )
-    last = first / "checkpoints" / "last.ckpt"
-    result = run_script("train.py", *common, "trainer.max_steps=30", f"ckpt_path={last}",
+    # resume under DDP from step 20's last.ckpt, as a run killed after it left it: on to 30
+    # steps == 30 steps at once
+    at_20 = full / "checkpoints" / "last_at_20.ckpt"
+    assert torch.load(at_20, weights_only=True)["global_step"] == 20
+    result = run_script("train.py", *common, "trainer.max_steps=30", f"ckpt_path={at_20}",
                         f"hydra.run.dir={resumed}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    (events,) = read_run(resumed / "tensorboard").values()
+    assert [e.step + 1 for e in events.Scalars("val/bce")] == [30]  # went on from step 20
     assert read_metrics(resumed) == read_metrics(full)
 
 

@@ -6,8 +6,10 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -18,7 +20,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from autoencoders.config import REPO_ROOT
-from hydra_plugins.optuna_search.sweeper import OptunaSearch, distribution
+from hydra_plugins.optuna_search.sweeper import OptunaSearch, create_or_load_study, distribution
 from report import main as report_main
 from train import train
 
@@ -141,6 +143,21 @@ def test_a_continued_study_keeps_its_direction_or_the_search_stops_naming_it(tmp
         search.sweep([])
 
 
+def test_searches_started_at_the_same_moment_all_open_the_new_study(tmp_path):
+    """(Each process creates the tables of a new SQLite file, unlocked: all but the first
+    failed with 'table studies already exists' before the retry.)"""
+    storage = f"sqlite:///{tmp_path}/new.db"
+    barrier = threading.Barrier(4, timeout=60)
+
+    def open_study(_):
+        barrier.wait()
+        return create_or_load_study(study_name="s", storage=storage).study_name
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(open_study, range(4))) == ["s"] * 4
+    assert optuna.get_all_study_names(storage) == ["s"]
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -236,30 +253,26 @@ def test_a_search_prunes_a_hopeless_trial_and_its_report_says_so(mnist_dir, tmp_
 
 @pytest.mark.slow
 def test_trials_run_in_parallel_and_two_searches_share_one_study(mnist_dir, tmp_path):
-    parallel = search_command(mnist_dir, tmp_path, "hydra/launcher=joblib",
-                              "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2",
-                              "hydra.sweeper.study_name=shared",
-                              f"hydra.sweep.dir={tmp_path / 'parallel'}")  # fmt: skip
-    result = run_script(*parallel)
-    assert result.returncode == 0, result.stderr[-3000:]
-    spans = []  # each job's first and last log line: the two overlap
+    # two searches started at once on the same study, one running its 2 trials in parallel
+    one = search_command(mnist_dir, tmp_path, "hydra.sweeper.n_trials=2",
+                         "hydra.sweeper.study_name=shared")  # fmt: skip
+    parallel = ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
+    processes = [subprocess.Popen([sys.executable, f"src/{one[0]}", *one[1:], *launcher,
+                                   f"hydra.sweep.dir={tmp_path / name}"], cwd=REPO_ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for name, launcher in (("parallel", parallel), ("serial", []))]  # fmt: skip
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+    spans = []  # each parallel job's first and last log line: the two overlap
     for log in (tmp_path / "parallel").glob("*/train.log"):
         stamps = [line[1:24] for line in log.read_text().splitlines() if line.startswith("[20")]
         spans.append((stamps[0], stamps[-1]))
     (a_start, a_end), (b_start, b_end) = sorted(spans)
     assert b_start < a_end
-    # two searches started at once on the same study: their trials add up, numbered apart
-    one = search_command(mnist_dir, tmp_path, "hydra.sweeper.n_trials=2",
-                         "hydra.sweeper.study_name=shared")  # fmt: skip
-    processes = [subprocess.Popen([sys.executable, f"src/{one[0]}", *one[1:],
-                                   f"hydra.sweep.dir={tmp_path / name}"], cwd=REPO_ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for name in ("first", "second")]  # fmt: skip
-    for process in processes:
-        assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+    # the two searches' trials add up, numbered apart
     trials = study_trials(tmp_path, "shared")
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 6
-    assert sorted(t.number for t in trials) == list(range(6))
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert sorted(t.number for t in trials) == list(range(4))
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ share one study through its storage.
 """
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,22 @@ def distribution(override: Override):
     return d.FloatDistribution(float(value.start), float(value.end), log=log_scale)
 
 
+def create_or_load_study(attempts: int = 5, **settings):
+    """optuna.create_study(load_if_exists=True), tried again while another search started at
+    the same moment is creating the same new storage's tables: the one that loses that race
+    finds them made (an SQLite file's tables are created without a lock)."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.create_study(**settings, load_if_exists=True)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+
+
 def quoted(value: str) -> str:
     """`value` as a quoted string of Hydra's override grammar."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -126,10 +143,9 @@ class OptunaSearch(Sweeper):
 
         self.check_settings()
         space, fixed = self.search_space(arguments)
-        study = optuna.create_study(
+        study = create_or_load_study(
             study_name=self.study_name, storage=self.storage, direction=self.direction,
             sampler=self.sampler, pruner=self.pruner or optuna.pruners.NopPruner(),
-            load_if_exists=True,
         )  # fmt: skip
         stored = study.direction.name.lower()
         if stored != self.direction:  # (a continued study keeps its direction)
