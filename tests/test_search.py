@@ -3,6 +3,7 @@ results of each job, parallel trials and shared studies, the plots and the dashb
 
 import csv
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
@@ -252,21 +254,31 @@ def test_a_search_prunes_a_hopeless_trial_and_its_report_says_so(mnist_dir, tmp_
 
 
 @pytest.mark.slow
-def test_trials_run_in_parallel_and_two_searches_share_one_study(mnist_dir, tmp_path):
-    # two searches started at once on the same study, one running its 2 trials in parallel
+def test_two_searches_started_at_once_share_one_study_one_running_its_trials_in_parallel(
+    mnist_dir, tmp_path
+):
     one = search_command(mnist_dir, tmp_path, "hydra.sweeper.n_trials=2",
                          "hydra.sweeper.study_name=shared")  # fmt: skip
-    parallel = ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
-    processes = [subprocess.Popen([sys.executable, f"src/{one[0]}", *one[1:], *launcher,
-                                   f"hydra.sweep.dir={tmp_path / name}"], cwd=REPO_ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for name, launcher in (("parallel", parallel), ("serial", []))]  # fmt: skip
+    parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
+    processes = [subprocess.Popen([sys.executable, f"src/{one[0]}", *one[1:], *launcher],
+                                  cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+                 for launcher in (parallel, [])]  # fmt: skip
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
-    spans = []  # each parallel job's first and last log line: the two overlap
-    for log in (tmp_path / "parallel").glob("*/train.log"):
-        stamps = [line[1:24] for line in log.read_text().splitlines() if line.startswith("[20")]
+    # a folder each, though started in the same second
+    sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 2 and all(len(list(s.glob("*/metrics.json"))) == 2 for s in sweeps)
+    (joblib,) = [
+        s for s in sweeps if "JoblibLauncher" in next(s.glob("*/.hydra/hydra.yaml")).read_text()
+    ]
+    spans = []  # each of its jobs' first and last log lines: the two overlap
+    for log in joblib.glob("*/train.log"):
+        lines = log.read_text().splitlines()
+        stamps = [line[1:24] for line in lines if line.startswith("[20")]
         spans.append((stamps[0], stamps[-1]))
+        assert any(f"torch threads: {max(1, (os.cpu_count() or 1) // 2)}" in line
+                   for line in lines)  # each job its share of the cores  # fmt: skip
     (a_start, a_end), (b_start, b_end) = sorted(spans)
     assert b_start < a_end
     # the two searches' trials add up, numbered apart
@@ -300,7 +312,11 @@ def test_a_searchs_report_plots_its_study_and_the_dashboard_serves_it(mnist_dir,
                                         "hydra.sweeper.study_name=browse",
                                         f"hydra.sweep.dir={sweep}"))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer", "learning_rate", "batch_size"}
     assert report_main([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert min(float(r["val/bce"]) for r in rows) == best["best_value"]  # what it minimised
     for plot in ("history", "importances", "parallel"):
         assert (sweep / f"optuna_{plot}.png").stat().st_size > 10_000, plot
     port = free_port()

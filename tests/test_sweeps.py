@@ -136,37 +136,6 @@ def test_jobs_that_differ_only_in_a_path_get_a_folder_each(mnist_dir, tmp_path):
     assert len(list(sweep.glob("*/metrics.json"))) == 4
 
 
-@pytest.mark.slow
-def test_two_sweeps_started_at_the_same_time_do_not_collide(mnist_dir, tmp_path):
-    command = [
-        sys.executable, "src/train.py", "-m", "seed=0", f"paths.root_dir={tmp_path}",
-        *synthetic_data(mnist_dir), "trainer=debug", "trainer.max_steps=2",
-    ]  # fmt: skip
-    procs = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL) for _ in range(2)]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
-    assert len(sweeps) == 2
-    assert all(
-        (job_dir(sweep, "seed=0,trainer.max_steps=2,trainer=debug") / "metrics.json").is_file()
-        for sweep in sweeps
-    )
-
-
-@pytest.mark.slow
-def test_joblib_runs_jobs_in_parallel_sharing_the_cores(mnist_dir, tmp_path):
-    result = run_script(
-        "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        "variant=plain,sparse", *synthetic_data(mnist_dir), "trainer=debug",
-        f"hydra.sweep.dir={tmp_path}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
-    threads = max(1, (os.cpu_count() or 1) // 2)
-    for job in ("trainer=debug,variant=plain", "trainer=debug,variant=sparse"):
-        assert (job_dir(tmp_path, job) / "metrics.json").is_file()
-        assert f"torch threads: {threads}\n" in (job_dir(tmp_path, job) / "train.log").read_text()
-
-
 def study_db(root, search: str) -> Path | None:
     """The file of the one stored study of `search` under `root`/outputs (None: not yet)."""
     dbs = list((root / "outputs").glob(f"{search}*.db"))
@@ -201,53 +170,33 @@ def study_trials(root, search: str) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "search, objective, params",
-    [
-        ("optimizer", "val/bce", {"optimizer", "learning_rate", "batch_size"}),
-        ("denoising", "val/bce_masked", {"noise_prob", "learning_rate"}),
-    ],
-)
-def test_a_search_minimises_its_objective_and_continues_its_stored_study(
-    mnist_dir, tmp_path, search, objective, params
-):
-    command = ["-m", f"hparams_search={search}", f"paths.root_dir={tmp_path}", "trainer=debug",
-               "trainer.max_steps=5", *synthetic_data(mnist_dir),
-               "~callbacks.probe"]  # fmt: skip
-    first = tmp_path / "first"
-    result = run_script("train.py", *command, "hydra.sweeper.n_trials=2",
-                        f"hydra.sweep.dir={first}")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    best = yaml.safe_load((first / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) == params
-    assert report_main([str(first)]) == 0
-    rows = list(csv.DictReader((first / "report.csv").open()))
-    assert min(float(r[objective]) for r in rows) == best["best_value"]  # what it minimised
-    # the same command again: the stored study goes on (2 + 1 trials), outside the sweep dir
-    again = run_script("train.py", *command, "hydra.sweeper.n_trials=1",
-                       f"hydra.sweep.dir={tmp_path / 'again'}")  # fmt: skip
-    assert again.returncode == 0, again.stderr[-2000:]
-    trials = study_trials(tmp_path, search)
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3  # three settings tried
+def test_a_search_minimises_its_objective_and_continues_its_stored_study(mnist_dir, tmp_path):
+    """(The optimizer search's objective, val/bce: the dashboard test in test_search.)"""
+    command = ["-m", "hparams_search=denoising", f"paths.root_dir={tmp_path}", "trainer=debug",
+               *synthetic_data(mnist_dir), "~callbacks.probe"]  # fmt: skip
 
-
-@pytest.mark.slow
-def test_a_search_under_other_settings_gets_a_study_of_its_own(mnist_dir, tmp_path):
     def search(*overrides):
-        result = run_script(
-            "train.py", "-m", "hparams_search=denoising", f"paths.root_dir={tmp_path}",
-            "trainer=debug", *synthetic_data(mnist_dir), "~callbacks.probe",
-            "hydra.sweeper.n_trials=1", *overrides,
-        )  # fmt: skip
+        result = run_script("train.py", *command, *overrides)
         assert result.returncode == 0, result.stderr[-2000:]
 
-    search("trainer.max_steps=5")
-    search("trainer.max_steps=3")  # (a name of one's own: test_config)
-    studies = sorted(p.stem for p in (tmp_path / "outputs").glob("*.db"))
-    assert len(studies) == 2 and all(s.startswith("denoising,") for s in studies)
-    for study in studies:  # one trial each: neither search saw the other's
-        assert len(study_trials(tmp_path, study)) == 1, study
+    first = tmp_path / "first"
+    search("trainer.max_steps=5", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={first}")
+    best = yaml.safe_load((first / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"noise_prob", "learning_rate"}
+    assert report_main([str(first)]) == 0
+    rows = list(csv.DictReader((first / "report.csv").open()))
+    assert min(float(r["val/bce_masked"]) for r in rows) == best["best_value"]  # its objective
+    # the same command again: the stored study goes on (2 + 1 trials), outside the sweep dir
+    search("trainer.max_steps=5", "hydra.sweeper.n_trials=1")
+    (study,) = [p.stem for p in (tmp_path / "outputs").glob("*.db")]
+    trials = study_trials(tmp_path, study)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3  # three settings tried
+    # under other settings: a study of its own (named by them: test_config), the first untouched
+    search("trainer.max_steps=3", "hydra.sweeper.n_trials=1")
+    studies = {p.stem for p in (tmp_path / "outputs").glob("*.db")} - {study}
+    assert len(studies) == 1 and len(study_trials(tmp_path, studies.pop())) == 1
+    assert len(study_trials(tmp_path, study)) == 3
 
 
 @pytest.mark.slow
