@@ -102,8 +102,9 @@ def synthetic_data(data_dir: Path) -> list[str]:
     return [f"data.data_dir={data_dir}", f"data.num_val={NUM_VAL}"]
 
 
-# For a run whose pictures no test looks at: the Dashboard's drawing is much of a tiny run's time.
-NO_DASHBOARD = "~callbacks.dashboard"
+# For a run whose pictures and probe accuracy no test reads: the Dashboard's drawing and the
+# linear probe's fit are most of a tiny run's time.
+LEAN = ("~callbacks.dashboard", "~callbacks.probe")
 
 
 def tiny_overrides(data_dir: Path, output_dir: Path) -> list[str]:

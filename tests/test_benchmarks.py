@@ -7,7 +7,7 @@ import pytest
 from autoencoders.config import REPO_ROOT
 from train import train
 
-from .conftest import NO_DASHBOARD
+from .conftest import LEAN
 
 
 @pytest.fixture
@@ -42,10 +42,10 @@ def test_a_and_b_are_timed_in_alternating_windows_without_changing_a(
     make_cfg, mnist_split_dir, tmp_path, benchmarks_on_path, net
 ):
     timer = tmp_path / "timer.json"
-    alone = train(make_cfg(NO_DASHBOARD, f"net={net}", f"paths.output_dir={tmp_path / 'alone'}"))
+    alone = train(make_cfg(*LEAN, f"net={net}", f"paths.output_dir={tmp_path / 'alone'}"))
     together = train(
         make_cfg(
-            NO_DASHBOARD,
+            *LEAN,
             f"net={net}",
             f"paths.output_dir={tmp_path / 'together'}",
             *interleaved(timer, mnist_split_dir, 5, net),
@@ -64,7 +64,7 @@ def test_windows_count_optimizer_steps_when_batches_accumulate(
 ):
     timer = tmp_path / "timer.json"
     accumulate = ["trainer.max_steps=10", "+trainer.accumulate_grad_batches=2"]
-    train(make_cfg(NO_DASHBOARD, *accumulate, *interleaved(timer, mnist_split_dir, 5)))
+    train(make_cfg(*LEAN, *accumulate, *interleaved(timer, mnist_split_dir, 5)))
     t = json.loads(timer.read_text())
     assert t["steps"] == 10 and len(t["a_windows"]) == len(t["b_windows"]) == 2
 

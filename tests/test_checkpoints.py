@@ -14,7 +14,7 @@ import torch
 from autoencoders.checkpoints import CheckpointError, load_trained, read_checkpoint
 from train import train
 
-from .conftest import NO_DASHBOARD, run_script, synthetic_data
+from .conftest import LEAN, run_script, synthetic_data
 
 
 class RunsCode:
@@ -30,7 +30,7 @@ class RunsCode:
 @pytest.fixture
 def trained(trained_once):
     """last.ckpt of a tiny chapter run (latent_space 128, AdaGrad)."""
-    out, _ = trained_once(NO_DASHBOARD, "~callbacks.probe")
+    out, _ = trained_once(*LEAN)
     return out / "checkpoints" / "last.ckpt"
 
 

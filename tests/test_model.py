@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from autoencoders.model import Autoencoder
 from autoencoders.optim import MuonWithAdam, constant_then_cooldown, orthogonalise
 
-from .conftest import NO_DASHBOARD, NUM_VAL, make_model
+from .conftest import LEAN, NUM_VAL, make_model
 
 NETS = ["chapter", "mlp", "conv"]
 
@@ -162,7 +162,7 @@ def test_adagrad_config_matches_tf1_adagrad_optimizer(make_cfg):
 def test_schedulers_step_once_per_optimizer_step_and_end_at_zero(make_cfg, schedule):
     from train import build
 
-    cfg = make_cfg(NO_DASHBOARD, f"scheduler={schedule}", "trainer.max_steps=20")
+    cfg = make_cfg(*LEAN, f"scheduler={schedule}", "trainer.max_steps=20")
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     (scheduler,) = trainer.lr_scheduler_configs
@@ -201,7 +201,7 @@ def test_cooldown_holds_the_rate_then_decays_linearly_to_zero_and_resumes_exactl
 def test_muon_steps_the_weights_adam_the_biases_in_one_optimizer(make_cfg):
     from train import build
 
-    cfg = make_cfg(NO_DASHBOARD, "optimizer=muon", "learning_rate=0.02", "scheduler=cooldown",
+    cfg = make_cfg(*LEAN, "optimizer=muon", "learning_rate=0.02", "scheduler=cooldown",
                    "trainer.max_steps=20")  # fmt: skip
     datamodule, model, trainer = build(cfg)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -254,7 +254,7 @@ def test_gradient_clipping_and_accumulation_work_as_lightning_documents(make_cfg
     from autoencoders.data import TrainBatches
     from train import build
 
-    cfg = make_cfg(NO_DASHBOARD, "+trainer.gradient_clip_val=0.01",
+    cfg = make_cfg(*LEAN, "+trainer.gradient_clip_val=0.01",
                    "+trainer.accumulate_grad_batches=2", "trainer.max_steps=5", "optimizer=sgd",
                    "learning_rate=0.1",
                    "+callbacks.steps._target_=tests.callbacks.RecordSteps")  # fmt: skip
@@ -299,7 +299,7 @@ def test_validation_scores_the_masked_input_under_the_fixed_mask(make_cfg):
     from train import build
 
     # (a heavy evaluation mask: the masked input's BCE is then far from the clean one's)
-    cfg = make_cfg(NO_DASHBOARD, "variant=denoising", "~callbacks.probe", "learning_rate=0.3",
+    cfg = make_cfg(*LEAN, "variant=denoising", "learning_rate=0.3",
                    "data.eval_noise_prob=0.9")  # fmt: skip
     torch.manual_seed(0)
     datamodule, model, trainer = build(cfg)
@@ -333,8 +333,7 @@ def test_train_metrics_are_the_losses_of_the_steps_that_lightning_logs(make_cfg,
 
     from train import build
 
-    cfg = make_cfg(NO_DASHBOARD, "logger=csv", f"trainer.log_every_n_steps={every}",
-                   "trainer.max_steps=8", "~callbacks.probe")  # fmt: skip
+    cfg = make_cfg(*LEAN, "logger=csv", f"trainer.log_every_n_steps={every}", "trainer.max_steps=8")
     datamodule, model, trainer = build(cfg)
     record = RecordLosses()
     trainer.callbacks.append(record)
@@ -362,8 +361,8 @@ def test_model_compile_trains_through_torch_compile_of_the_loss(make_cfg, tmp_pa
     monkeypatch.setattr(torch, "compile", compile)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: graph_steps.append(1))
     for mode in ("null", "default", "reduce-overhead"):
-        train(make_cfg(NO_DASHBOARD, f"model.compile={mode}", "trainer.max_steps=3",
-                       "~callbacks.probe", f"paths.output_dir={tmp_path / mode}"))  # fmt: skip
+        train(make_cfg(*LEAN, f"model.compile={mode}", "trainer.max_steps=3",
+                       f"paths.output_dir={tmp_path / mode}"))  # fmt: skip
     assert compiled == [("loss", "default"), ("loss", "reduce-overhead")]
     assert steps == ["default"] * 3 + ["reduce-overhead"] * 3
     assert graph_steps == [1] * 3  # CUDA graphs mark each step, only under reduce-overhead

@@ -15,7 +15,7 @@ from autoencoders.masks import fixed_keep
 from autoencoders.prediction import ImageError, fit_to_mnist, grey, output_names, read_images
 from predict import run_prediction
 
-from .conftest import NO_DASHBOARD, NUM_TEST, NUM_VAL, compose_config, run_script
+from .conftest import LEAN, NUM_TEST, NUM_VAL, compose_config, run_script
 
 NETS = ["chapter", "mlp", "conv"]
 
@@ -23,8 +23,7 @@ NETS = ["chapter", "mlp", "conv"]
 @pytest.fixture
 def checkpoints(trained_once):
     """{net: last.ckpt of a tiny denoising run on it}, trained when a test first asks for it."""
-    overrides = ("variant=denoising", "trainer.max_steps=10", "latent_space=16", "~callbacks.probe",
-                 NO_DASHBOARD)  # fmt: skip
+    overrides = ("variant=denoising", "trainer.max_steps=10", "latent_space=16", *LEAN)  # fmt: skip
 
     class Trained(dict):
         def __missing__(self, net: str):

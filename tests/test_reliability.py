@@ -14,7 +14,7 @@ from autoencoders.config import REPO_ROOT
 from eval import evaluate
 from train import build, train
 
-from .conftest import NO_DASHBOARD, compose_config, read_run, run_script, synthetic_data
+from .conftest import LEAN, compose_config, read_run, run_script, synthetic_data
 
 
 def read_metrics(run_dir):
@@ -72,7 +72,7 @@ def best_checkpoint(run_dir) -> tuple[int, float]:
 
 
 def test_the_last_step_is_validated_checkpointed_and_counts_for_best(make_cfg, tmp_path):
-    metrics = train(make_cfg(NO_DASHBOARD, "trainer.max_steps=23", "learning_rate=0.3",
+    metrics = train(make_cfg(*LEAN, "trainer.max_steps=23", "learning_rate=0.3",
                              "callbacks.last_checkpoint.every_n_train_steps=10"))  # fmt: skip
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 23
@@ -101,7 +101,7 @@ def test_validation_keeps_its_interval_across_a_resume(make_cfg, tmp_path):
 
 
 def test_best_checkpoint_is_the_best_of_the_whole_run_across_a_resume(make_cfg, tmp_path):
-    common = [NO_DASHBOARD, "learning_rate=0.3", "callbacks.last_checkpoint.every_n_train_steps=10"]
+    common = [*LEAN, "learning_rate=0.3", "callbacks.last_checkpoint.every_n_train_steps=10"]
     train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
     before = best_checkpoint(tmp_path / "first")
     spoil = ["+callbacks.spoil._target_=tests.callbacks.SpoilWeightsAtStart"]  # worse after it
@@ -118,7 +118,7 @@ def test_best_checkpoint_keeps_its_score_when_last_is_written_at_a_validated_ste
 ):
     """last.ckpt at step 20, a validated step, holds step 20's best score: the resumed run
     compares against it, not step 10's."""
-    common = [NO_DASHBOARD, "callbacks.last_checkpoint.every_n_train_steps=10"]
+    common = [*LEAN, "callbacks.last_checkpoint.every_n_train_steps=10"]
     train(make_cfg(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path / 'first'}"))
     scores = validations(tmp_path / "first")
     assert scores[20] < scores[10] and best_checkpoint(tmp_path / "first")[0] == 20
@@ -234,7 +234,7 @@ def test_a_resumed_run_does_not_rewrite_the_checkpoint_it_resumed_from(make_cfg,
     from autoencoders.callbacks import LastCheckpoint
 
     common = [
-        NO_DASHBOARD,
+        *LEAN,
         "+trainer.accumulate_grad_batches=2",
         "callbacks.last_checkpoint.every_n_train_steps=3",
     ]
@@ -264,9 +264,9 @@ def test_a_resume_on_another_device_uses_that_devices_optimizer_kernel(
         [g["fused"] for o in self.trainer.optimizers for g in o.param_groups]))  # fmt: skip
     for optimizer in ("adagrad", "muon"):
         first = tmp_path / optimizer
-        train(make_cfg(NO_DASHBOARD, f"optimizer={optimizer}", "trainer.max_steps=10",
+        train(make_cfg(*LEAN, f"optimizer={optimizer}", "trainer.max_steps=10",
                        f"paths.output_dir={first}"))  # fmt: skip
-        train(make_cfg(NO_DASHBOARD, f"optimizer={optimizer}", "trainer.max_steps=20",
+        train(make_cfg(*LEAN, f"optimizer={optimizer}", "trainer.max_steps=20",
                        "optimizer.fused=null",
                        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))  # fmt: skip
     # and the other way: a checkpoint of Apple's GPU (fused None) resumed on this CPU
@@ -275,7 +275,7 @@ def test_a_resume_on_another_device_uses_that_devices_optimizer_kernel(
         for group in state["param_groups"]:
             group["fused"] = None
     torch.save(checkpoint, tmp_path / "mps.ckpt")
-    train(make_cfg(NO_DASHBOARD, "trainer.max_steps=11", f"ckpt_path={tmp_path / 'mps.ckpt'}"))
+    train(make_cfg(*LEAN, "trainer.max_steps=11", f"ckpt_path={tmp_path / 'mps.ckpt'}"))
     adagrad_first, adagrad_resumed, muon_first, muon_resumed, from_mps = kernels
     assert set(adagrad_first) == {True} and set(adagrad_resumed) == {None}
     assert True in muon_first and True not in muon_resumed
@@ -287,7 +287,7 @@ def test_a_resume_that_would_change_the_schedule_stops_first_unless_asked_to(
     make_cfg, tmp_path, schedule
 ):
     common = [
-        NO_DASHBOARD,
+        *LEAN,
         f"scheduler={schedule}",
         "callbacks.last_checkpoint.every_n_train_steps=10",
     ]
@@ -379,7 +379,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(make_cfg, t
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
-    cfg = make_cfg(NO_DASHBOARD, "optimizer=sgd", "learning_rate=1e38",
+    cfg = make_cfg(*LEAN, "optimizer=sgd", "learning_rate=1e38",
                    "callbacks.last_checkpoint.every_n_train_steps=1")  # fmt: skip
     message = r"inf at step 2.*can cause it: learning_rate=1e\+38 \(optimizer torch.optim.SGD\)"
     with pytest.raises(DivergenceError, match=message):
@@ -397,7 +397,7 @@ def test_without_a_check_every_step_a_divergence_is_found_at_the_next_check(
 ):
     """As on a GPU: the loss is recorded on the device, and read at the next logging step
     (every 5 here) or checkpoint, whichever comes first, naming the step it diverged at."""
-    cfg = make_cfg(NO_DASHBOARD, "optimizer=sgd", "learning_rate=1e38",
+    cfg = make_cfg(*LEAN, "optimizer=sgd", "learning_rate=1e38",
                    "callbacks.guards.check_every_step=false",
                    f"callbacks.last_checkpoint.every_n_train_steps={checkpoint_every}")  # fmt: skip
     found = "" if checkpoint_every == 1 else r" \(found at step 5\)"
@@ -412,7 +412,7 @@ def test_without_a_check_every_step_a_divergence_is_found_at_the_next_check(
 
 
 def test_weights_that_are_not_finite_are_never_saved(make_cfg, tmp_path):
-    datamodule, model, trainer = build(make_cfg(NO_DASHBOARD, "trainer.max_steps=2"))
+    datamodule, model, trainer = build(make_cfg(*LEAN, "trainer.max_steps=2"))
     trainer.fit(model, datamodule=datamodule)
     with torch.no_grad():
         model.decoder.bias[0] = math.nan
@@ -452,7 +452,7 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_p
 def test_eval_checks_its_thresholds_before_testing(trained_once, tmp_path, thresholds, message):
     from autoencoders.config import SettingError
 
-    trained, _ = trained_once(NO_DASHBOARD, "~callbacks.probe")  # (test_checkpoints.py's run)
+    trained, _ = trained_once(*LEAN)  # (test_checkpoints.py's run)
     cfg = compose_config("eval", [f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
                                   f"paths.output_dir={tmp_path / 'eval'}",
                                   f"thresholds={thresholds}"])  # fmt: skip

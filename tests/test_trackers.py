@@ -10,7 +10,7 @@ import yaml
 from autoencoders.reporting import SETTINGS
 from train import train
 
-from .conftest import NO_DASHBOARD
+from .conftest import LEAN
 
 
 def needs(package: str):
@@ -85,9 +85,9 @@ def test_after_a_failed_run_the_next_gets_a_wandb_run_of_its_own(make_cfg, tmp_p
     from autoencoders.callbacks import DivergenceError
 
     with pytest.raises(DivergenceError):
-        train(make_cfg(NO_DASHBOARD, "logger=wandb", "optimizer=sgd", "learning_rate=1e38",
+        train(make_cfg(*LEAN, "logger=wandb", "optimizer=sgd", "learning_rate=1e38",
                        f"paths.output_dir={tmp_path / 'failed'}"))  # fmt: skip
-    train(make_cfg(NO_DASHBOARD, "logger=wandb", f"paths.output_dir={tmp_path / 'next'}"))
+    train(make_cfg(*LEAN, "logger=wandb", f"paths.output_dir={tmp_path / 'next'}"))
     assert len(list((tmp_path / "failed" / "wandb").glob("offline-run-*"))) == 1
     assert len(list((tmp_path / "next" / "wandb").glob("offline-run-*"))) == 1
 

@@ -8,7 +8,7 @@ from PIL import Image
 from autoencoders.reporting import FINAL_METRICS
 from train import build, train
 
-from .conftest import NO_DASHBOARD, read_run, run_script, synthetic_data
+from .conftest import LEAN, read_run, run_script, synthetic_data
 
 ROBUSTNESS = {f"test/bce_masked_{level}" for level in (0.1, 0.3, 0.5, 0.7)}  # the model's default
 METRICS = {*FINAL_METRICS, "test/mean_activation", *ROBUSTNESS}  # what metrics.json holds
@@ -25,7 +25,7 @@ EACH_VARIANT_ON_EACH_NET = [
 @pytest.mark.parametrize("variant, net", EACH_VARIANT_ON_EACH_NET)
 def test_each_variant_trains_on_each_net_and_its_loss_goes_down(make_cfg, variant, net):
     cfg = make_cfg(
-        NO_DASHBOARD,
+        *LEAN,
         f"net={net}",
         f"variant={variant}",
         "trainer.max_steps=30",
@@ -53,9 +53,9 @@ def test_a_run_without_logger_or_callbacks_trains(make_cfg, tmp_path):
     pytest.param("conv", "sparse", marks=pytest.mark.slow),
 ])  # fmt: skip
 def test_bf16_mixed_precision_trains_to_the_float32_numbers(make_cfg, tmp_path, net, variant):
-    common = [f"net={net}", f"variant={variant}", "~callbacks.probe", "learning_rate=0.3"]
-    exact = train(make_cfg(NO_DASHBOARD, *common, f"paths.output_dir={tmp_path / 'fp32'}"))
-    mixed = train(make_cfg(NO_DASHBOARD, *common, "+trainer.precision=bf16-mixed",
+    common = [f"net={net}", f"variant={variant}", "learning_rate=0.3"]
+    exact = train(make_cfg(*LEAN, *common, f"paths.output_dir={tmp_path / 'fp32'}"))
+    mixed = train(make_cfg(*LEAN, *common, "+trainer.precision=bf16-mixed",
                            f"paths.output_dir={tmp_path / 'bf16'}"))  # fmt: skip
     for name in ("val/bce", "test/bce", "test/bce_masked", "test/mean_activation"):
         assert mixed[name] == pytest.approx(exact[name], rel=0.02), name  # bf16: 3 digits
