@@ -6,17 +6,26 @@ python src/predict.py ckpt_path=<ckpt> images=<file or folder>  # your own image
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hydra
 from omegaconf import DictConfig
 
-from autoencoders.checkpoints import load_trained
-from autoencoders.config import check_settings
-from autoencoders.prediction import PredictionWriter, predict, read_images
+from autoencoders.config import check_settings  # (registers the resolvers)
+
+# Lightning is imported where it is used, as in train.py: a bad setting or checkpoint is
+# refused (autoencoders.config.CheckSettingsFirst) without waiting for it (checking `images=`
+# imports it).
+if TYPE_CHECKING:
+    from autoencoders.prediction import PredictionWriter
 
 
 def run_prediction(cfg: DictConfig) -> PredictionWriter:
     """Predict on `cfg.images` or the split `cfg.split` with the checkpoint's model and data
     settings, writing into `cfg.paths.output_dir`."""
+    from autoencoders.checkpoints import load_trained
+    from autoencoders.prediction import PredictionWriter, predict, read_images
+
     check_settings(cfg)
     data_overrides = {key: value for key, value in cfg.data.items() if value is not None}
     model, datamodule = load_trained(cfg.ckpt_path, eval_noise_prob=cfg.noise_prob,
