@@ -86,7 +86,8 @@ def two_step_sweep(mnist_dir, sweep_dir, *overrides: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_noise_sweep_experiment_trains_one_denoising_model_per_noise_level(mnist_dir, tmp_path):
-    rows = two_step_sweep(mnist_dir, tmp_path, "experiment=noise_sweep", "~callbacks.probe")
+    rows = two_step_sweep(mnist_dir, tmp_path, "hydra/launcher=joblib", "experiment=noise_sweep",
+                          "~callbacks.probe")  # (joblib, as docs/results.md runs it)  # fmt: skip
     assert {r["status"] for r in rows} == {"done"} and {r["variant"] for r in rows} == {"denoising"}
     assert sorted(float(r["noise_prob"]) for r in rows) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     for row in rows:  # each job tests on input masked at its own noise level
@@ -219,6 +220,22 @@ def test_a_search_killed_midway_continues_where_it_stopped(mnist_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     states = [t.state.name for t in study_trials(tmp_path, "optimizer")]
     assert states.count("COMPLETE") == done + 2  # the counts add up
+
+
+def test_each_parallel_job_gets_its_share_of_the_cores(monkeypatch):
+    import torch
+
+    from train import threads_per_job
+
+    from .conftest import compose_config
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    for n_jobs, threads in ((2, 4), (3, 2), (-1, 1)):  # joblib's -1: a job per core
+        compose_config("train", ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"])
+        assert threads_per_job(None) == threads, n_jobs
+        assert threads_per_job(3) == 3  # num_threads, when given
+    compose_config("train", [])  # one job at a time: torch's own setting
+    assert threads_per_job(None) == torch.get_num_threads()
 
 
 def test_the_launcher_process_does_not_import_torch():
