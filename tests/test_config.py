@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from autoencoders.config import SettingError, check_settings
 
-from .conftest import CONF_DIR
+from .conftest import CONF_DIR, compose_config
 
 OPTIONS = {  # {config group: its options}
     group.name: [p.stem for p in sorted(group.glob("*.yaml"))]
@@ -277,8 +277,6 @@ def test_a_study_is_named_by_its_search_and_the_settings_the_command_fixes():
         "denoising", ["trainer.max_steps=150"]
     )
     # where a search stores its study: by that name, or by the one given
-    from .conftest import compose_config
-
     search = ["hparams_search=denoising", "trainer.max_steps=3", "paths.root_dir=/r"]
     cfg = compose_config("train", search).hydra.sweeper
     assert cfg.storage == "sqlite:////r/outputs/denoising,trainer.max_steps=3.db"
@@ -289,8 +287,6 @@ def test_a_study_is_named_by_its_search_and_the_settings_the_command_fixes():
 @pytest.mark.parametrize("config_name", ["train", "eval"])
 def test_run_folders_are_named_to_the_microsecond(config_name, mnist_dir):
     """Two runs started in the same second get a folder each."""
-    from .conftest import compose_config
-
     cfg = compose_config(config_name, [f"ckpt_path={mnist_dir}"] if config_name == "eval" else [])
     for folder in (cfg.hydra.run.dir, cfg.hydra.sweep.dir):
         assert re.search(r"/\d\d-\d\d-\d\d-\d{6}$", folder), folder

@@ -272,12 +272,12 @@ def test_two_searches_started_at_once_share_one_study_one_running_its_trials_in_
     (joblib,) = [
         s for s in sweeps if "JoblibLauncher" in next(s.glob("*/.hydra/hydra.yaml")).read_text()
     ]
+    threads = max(1, (os.cpu_count() or 1) // 2)  # each job its share of the cores
     spans = []  # each of its jobs' first and last log lines: the two overlap
     for log in joblib.glob("*/train.log"):
         lines = log.read_text().splitlines()
         stamps = [line[1:24] for line in lines if line.startswith("[20")]
         spans.append((stamps[0], stamps[-1]))
-        threads = max(1, (os.cpu_count() or 1) // 2)  # each job its share of the cores
         assert any(line.endswith(f"torch threads: {threads}") for line in lines)
     (a_start, a_end), (b_start, b_end) = sorted(spans)
     assert b_start < a_end

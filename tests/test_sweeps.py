@@ -16,8 +16,17 @@ from matplotlib.image import imread
 
 from autoencoders.config import REPO_ROOT
 from report import main as report_main
+from train import threads_per_job, train
 
-from .conftest import NUM_VAL, job_dir, job_name, run_script, synthetic_data
+from .conftest import (
+    NUM_VAL,
+    compose_config,
+    job_dir,
+    job_name,
+    run_script,
+    synthetic_data,
+    tiny_overrides,
+)
 
 
 def job_dirs(sweep_dir):
@@ -116,9 +125,6 @@ def test_a_report_without_pictures_says_what_it_wrote(mnist_dir, tmp_path, capsy
 
 @pytest.mark.slow
 def test_jobs_that_differ_only_in_a_path_get_a_folder_each(mnist_dir, tmp_path):
-    from train import train
-
-    from .conftest import compose_config, tiny_overrides
 
     trained = tmp_path / "trained"
     train(compose_config("train", [*tiny_overrides(mnist_dir, trained), "~callbacks.probe"]))
@@ -189,7 +195,7 @@ def test_a_search_minimises_its_objective_and_continues_its_stored_study(mnist_d
     assert min(float(r["val/bce_masked"]) for r in rows) == best["best_value"]  # its objective
     # the same command again: the stored study goes on (2 + 1 trials), outside the sweep dir
     search("trainer.max_steps=5", "hydra.sweeper.n_trials=1")
-    (study,) = [p.stem for p in (tmp_path / "outputs").glob("*.db")]
+    study = study_db(tmp_path, "denoising").stem
     trials = study_trials(tmp_path, study)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 3  # three settings tried
@@ -224,10 +230,6 @@ def test_a_search_killed_midway_continues_where_it_stopped(mnist_dir, tmp_path):
 
 def test_each_parallel_job_gets_its_share_of_the_cores(monkeypatch):
     import torch
-
-    from train import threads_per_job
-
-    from .conftest import compose_config
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     for n_jobs, threads in ((2, 4), (3, 2), (-1, 1)):  # joblib's -1: a job per core
