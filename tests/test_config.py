@@ -292,20 +292,33 @@ def test_run_folders_are_named_to_the_microsecond(config_name, mnist_dir):
         assert re.search(r"/\d\d-\d\d-\d\d-\d{6}$", folder), folder
 
 
-def test_the_trainer_writes_checkpoints_atomically_and_the_settings_are_checked_first(make_cfg):
-    """What the configs must wire up: the atomic checkpoint writer in the Trainer, and the Hydra
-    callback that stops a bad setting before the run folder exists."""
+def test_the_trainer_writes_checkpoints_atomically(make_cfg):
+    """What the configs must wire up: the atomic checkpoint writer in the Trainer."""
     from autoencoders.callbacks import AtomicCheckpointIO
-    from autoencoders.config import CheckSettingsFirst
     from train import build
 
-    cfg = make_cfg()
-    _, _, trainer = build(cfg)
+    _, _, trainer = build(make_cfg())
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.mark.parametrize(
+    "config_name, bad, message",
+    [
+        ("train", "noise_prob=1.5", "noise_prob=1.5 is out of range"),
+        ("eval", "data.eval_noise_prob=1.5", "data.eval_noise_prob=1.5 is out of range"),
+        ("predict", "images=nowhere", "images=nowhere: there is no such file or folder"),
+    ],
+)
+def test_each_script_checks_its_settings_before_its_run_folder_exists(config_name, bad, message):
+    """Each script's config wires up the Hydra callback that Hydra runs before it creates the
+    run folder (the scripts themselves: test_train.py, test_checkpoints.py)."""
+    from autoencoders.config import CheckSettingsFirst
+
+    checkpoint = [] if config_name == "train" else ["ckpt_path=unchecked.ckpt"]
+    cfg = compose_config(config_name, [*checkpoint, bad])
     (checker,) = [
         instantiate(c) for c in cfg.hydra.callbacks.values() if "CheckSettings" in c._target_
     ]
     assert isinstance(checker, CheckSettingsFirst)
-    cfg.noise_prob = 1.5
-    with pytest.raises(SystemExit, match="noise_prob=1.5 is out of range"):
+    with pytest.raises(SystemExit, match=message):
         checker.on_run_start(cfg)

@@ -98,27 +98,24 @@ def test_ddp_in_two_cpu_processes_writes_one_run_and_resumes(mnist_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(mnist_dir, tmp_path):
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(
+    mnist_dir, tmp_path, monkeypatch
+):
+    """(Each rank also trains on the explicit num_threads=2, where Lightning would give each
+    OMP_NUM_THREADS = cores / processes = 1.)"""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     poison = ["+callbacks.poison._target_=tests.callbacks.PoisonOneRank",
               "+callbacks.poison.rank=1", "+callbacks.poison.step=3"]  # fmt: skip
+    threads = ["num_threads=2", "+callbacks.threads._target_=tests.callbacks.RequireThreads",
+               "+callbacks.threads.threads=2"]  # fmt: skip
     result = run_script("train.py", *synthetic_data(mnist_dir), "trainer=ddp_cpu", *poison,
-                        f"hydra.run.dir={tmp_path}", pythonpath=str(REPO_ROOT))  # fmt: skip
+                        *threads, f"hydra.run.dir={tmp_path}",
+                        pythonpath=str(REPO_ROOT))  # fmt: skip
     # (run_script's timeout would raise if a rank waited for the other in an all-reduce)
     assert result.returncode != 0
     message = "train/loss is not finite on one of 2 processes at step 3: training diverged"
     assert result.stderr.count(message) == 2  # each rank, rank 0's own loss being finite
     assert not (tmp_path / "metrics.json").exists()
-
-
-@pytest.mark.slow
-def test_ddp_keeps_an_explicit_num_threads(mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # Lightning would then set 2 / 2 = 1
-    result = run_script("train.py", *synthetic_data(mnist_dir), "trainer=ddp_cpu",
-                        "trainer.max_steps=2", "trainer.val_check_interval=2", "num_threads=2",
-                        "~callbacks.probe", f"hydra.run.dir={tmp_path}",
-                        "+callbacks.threads._target_=tests.callbacks.RequireThreads",
-                        "+callbacks.threads.threads=2", pythonpath=str(REPO_ROOT))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -165,8 +162,9 @@ def test_every_train_val_and_test_metric_is_logged_as_the_mean_over_the_ranks(
         return log(self, name, value, *args, sync_dist=sync_dist, **kwargs)
 
     monkeypatch.setattr(Autoencoder, "log", record)
-    cfg = make_cfg("variant=sparse", "noise_prob=0.3", "trainer.max_steps=4",
-                   "trainer.val_check_interval=4", "trainer.log_every_n_steps=2")  # fmt: skip
+    cfg = make_cfg("~callbacks.dashboard", "variant=sparse", "noise_prob=0.3",  # (the probe logs)
+                   "trainer.max_steps=4", "trainer.val_check_interval=4",
+                   "trainer.log_every_n_steps=2")  # fmt: skip
     train(cfg)
     assert {"train/loss", "train/kl", "val/bce", "val/bce_masked", "test/bce_zeroed"} <= set(calls)
     # (the probe's accuracy is the same on every rank: each computes it on all of the data)

@@ -24,7 +24,7 @@ def test_csv_gets_the_scalars_settings_and_final_metrics_beside_any_other_logger
     make_cfg, tmp_path
 ):
     """`logger=[tensorboard,csv]`: Hydra's list of the group's options, as documented."""
-    metrics = train(make_cfg("logger=[tensorboard,csv]", "variant=denoising"))
+    metrics = train(make_cfg("~callbacks.probe", "logger=[tensorboard,csv]", "variant=denoising"))
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     with (tmp_path / "csv" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -36,13 +36,15 @@ def test_csv_gets_the_scalars_settings_and_final_metrics_beside_any_other_logger
     assert set(settings) == set(SETTINGS) and settings["variant"] == "denoising"
 
 
-@pytest.mark.slow
 @needs("mlflow")
 def test_mlflow_gets_the_scalars_settings_final_metrics_and_pictures(make_cfg, tmp_path):
+    """`logger=many`, as the README shows it: MLflow beside TensorBoard and CSV."""
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "outputs").mkdir()
-    metrics = train(make_cfg("logger=mlflow", f"paths.root_dir={tmp_path}"))
+    metrics = train(make_cfg("logger=many", f"paths.root_dir={tmp_path}"))
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
     (experiment,) = [e for e in client.search_experiments() if e.name == "autoencoders"]
     (run,) = client.search_runs([experiment.experiment_id])
@@ -55,13 +57,18 @@ def test_mlflow_gets_the_scalars_settings_final_metrics_and_pictures(make_cfg, t
 
 
 @needs("wandb")
-def test_wandb_offline_gets_the_settings_final_metrics_and_pictures(
+def test_wandb_offline_gets_the_settings_final_metrics_and_pictures_a_run_per_job(
     make_cfg, tmp_path, monkeypatch
 ):
     """An offline run is kept in a binary file that only `wandb sync` reads: the values are
-    read from the run object, through W&B's client, before train() closes it."""
+    read from the run object, through W&B's client, before train() closes it. A failed run's
+    W&B run is closed too: the next job in the process gets a run of its own."""
     import train as train_module
+    from autoencoders.callbacks import DivergenceError
 
+    with pytest.raises(DivergenceError):
+        train(make_cfg(*LEAN, "logger=wandb", "optimizer=sgd", "learning_rate=1e38",
+                       f"paths.output_dir={tmp_path / 'failed'}"))  # fmt: skip
     seen = {}
     finish = train_module.finish_wandb_run
 
@@ -71,25 +78,14 @@ def test_wandb_offline_gets_the_settings_final_metrics_and_pictures(
         finish(trainer)
 
     monkeypatch.setattr(train_module, "finish_wandb_run", read_then_finish)
-    metrics = train(make_cfg("logger=wandb"))
+    metrics = train(make_cfg("logger=wandb", f"paths.output_dir={tmp_path / 'next'}"))
     assert seen["mode"] in ("offline", "dryrun")  # W&B calls offline mode "dryrun"
     assert seen["summary"]["test/bce"] == pytest.approx(metrics["test/bce"])
     assert {"train/loss", "val/bce", "val/bce_masked"} <= set(seen["summary"])
     assert set(SETTINGS) <= set(seen["config"]) and seen["config"]["variant"] == "plain"
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    assert list((run_dir / "files" / "media" / "images" / "test").glob("reconstructions_*.png"))
-
-
-@needs("wandb")
-def test_after_a_failed_run_the_next_gets_a_wandb_run_of_its_own(make_cfg, tmp_path):
-    from autoencoders.callbacks import DivergenceError
-
-    with pytest.raises(DivergenceError):
-        train(make_cfg(*LEAN, "logger=wandb", "optimizer=sgd", "learning_rate=1e38",
-                       f"paths.output_dir={tmp_path / 'failed'}"))  # fmt: skip
-    train(make_cfg(*LEAN, "logger=wandb", f"paths.output_dir={tmp_path / 'next'}"))
     assert len(list((tmp_path / "failed" / "wandb").glob("offline-run-*"))) == 1
-    assert len(list((tmp_path / "next" / "wandb").glob("offline-run-*"))) == 1
+    (run_dir,) = (tmp_path / "next" / "wandb").glob("offline-run-*")
+    assert list((run_dir / "files" / "media" / "images" / "test").glob("reconstructions_*.png"))
 
 
 @pytest.mark.parametrize("net", ["chapter", "conv"])
