@@ -45,15 +45,7 @@ def test_the_docs_document_commands():
     assert {"src/train.py", "src/eval.py", "src/report.py"} <= scripts
 
 
-# The README's commands compose in the quick part; those of the pages under docs/ (the
-# experiments, searches and clusters: a fifth of a second of Hydra each) in the slow part.
-COMMANDS = [
-    pytest.param(*command, marks=[] if command[0] == "README.md" else pytest.mark.slow)
-    for command in documented_commands()
-]
-
-
-@pytest.mark.parametrize(("page", "script", "arguments"), COMMANDS)
+@pytest.mark.parametrize(("page", "script", "arguments"), documented_commands())
 def test_every_documented_command_composes(page, script, arguments, mnist_dir, tmp_path):
     assert (REPO_ROOT / script).is_file(), f"{page}: {script} does not exist"
     if script not in CONFIGS:

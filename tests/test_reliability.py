@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 import re
 
@@ -12,7 +13,7 @@ from autoencoders import callbacks as callbacks_module
 from autoencoders.callbacks import DivergenceError, ScheduleMismatchError
 from autoencoders.config import REPO_ROOT
 from eval import evaluate
-from train import build, train
+from train import build, main, train
 
 from .conftest import LEAN, compose_config, read_run, run_script, synthetic_data
 
@@ -378,12 +379,16 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(make_cfg, t
     assert other["test/bce"] != first["test/bce"]
 
 
-def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
+def test_a_diverging_run_stops_says_why_in_its_log_and_keeps_the_last_good_checkpoint(
+    make_cfg, tmp_path, caplog
+):
+    """(train.py's main, less Hydra's wrapper, whose log handlers write the log to train.log)"""
     cfg = make_cfg(*LEAN, "optimizer=sgd", "learning_rate=1e38",
                    "callbacks.last_checkpoint.every_n_train_steps=1")  # fmt: skip
     message = r"inf at step 2.*can cause it: learning_rate=1e\+38 \(optimizer torch.optim.SGD\)"
-    with pytest.raises(DivergenceError, match=message):
-        train(cfg)
+    with caplog.at_level(logging.ERROR), pytest.raises(DivergenceError, match=message):
+        main.__wrapped__(cfg)
+    assert "the run stopped: DivergenceError: train/loss is inf at step 2" in caplog.text
     assert not (tmp_path / "metrics.json").exists()
     last = tmp_path / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)

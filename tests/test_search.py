@@ -18,6 +18,7 @@ import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -143,6 +144,19 @@ def test_a_continued_study_keeps_its_direction_or_the_search_stops_naming_it(tmp
     search.launcher = None  # (nothing may be launched)
     with pytest.raises(ValueError, match="hydra.sweeper.direction maximize: .* to minimize"):
         search.sweep([])
+
+
+@pytest.mark.parametrize("search", ["optimizer", "denoising"])
+def test_a_search_started_again_proposes_other_settings(search):
+    """Each command makes its search's sampler anew: a seeded one would propose its first
+    settings again to a continued study."""
+    sampler = compose_config("train", [f"hparams_search={search}"]).hydra.sweeper.sampler
+
+    def first_proposal():
+        study = optuna.create_study(sampler=instantiate(sampler))
+        return study.ask({"x": FloatDistribution(0.0, 1.0)}).params["x"]
+
+    assert first_proposal() != first_proposal()
 
 
 def test_searches_started_at_the_same_moment_all_open_the_new_study(tmp_path):
