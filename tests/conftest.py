@@ -39,6 +39,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def progress_bars_lock_within_the_process():
+    """tqdm's progress bars (Lightning's) otherwise share a lock with every process forked from
+    this one. `make mutation` forks each mutant's tests from one process: a test run killed at
+    its time limit while it drew a bar would hold that lock for ever, and every later mutant's
+    tests would hang on it until they time out (and count as caught)."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
 CONF_DIR = REPO_ROOT / "conf"
 # The train file holds NUM_VAL validation images (data.num_val in every test's config; MNIST's
 # 5,000 would make validation most of a tiny run's time) and then 600 training images.

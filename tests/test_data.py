@@ -1,10 +1,12 @@
 import hashlib
+import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torchvision.datasets
 
-from autoencoders.data import MNISTDataModule, TrainBatches
+from autoencoders.data import MNISTDataModule, TrainBatches, to_unit
 from autoencoders.masks import derive_seed, draw_noise, fixed_keep, keep_mask
 
 from .conftest import NUM_TEST, NUM_TRAIN_FILE, NUM_VAL
@@ -52,6 +54,8 @@ def test_batches_are_flat_floats_in_unit_range(mnist_dir):
     assert clean.dtype == torch.float32
     assert 0 <= clean.min() and clean.max() <= 1
     assert clean.max() == 1.0  # 255 maps to exactly 1 (the fixture has bright pixels)
+    with pytest.raises(TypeError, match="to_unit takes uint8 images, not torch.float32"):
+        to_unit(clean)  # (it would be divided by 255 again)
 
 
 def test_one_pass_visits_every_training_image_once(mnist_dir):
@@ -74,6 +78,20 @@ def test_batch_order_is_a_function_of_seed_and_step(mnist_dir):
     assert not torch.equal(other_seed, from_start[0][0])
     next_pass = list(train_batches(dm, seed=7, start=10))
     assert next_pass[0][1] == 10 and len(next_pass) == 10
+
+
+def test_the_batches_run_through_each_passs_order_in_turn():
+    """Like the chapter's next_batch, a batch straddles two passes: all batches' rows, one after
+    the other, are pass 0's order, then pass 1's, and so on. An epoch is one pass."""
+    images = torch.arange(550).unsqueeze(1)  # [550, 1]: each row holds its own index
+    batches = TrainBatches(images, 64, 7, lambda: 0)  # 9 batches a pass: batch 8 straddles
+    assert len(batches) == 9
+    stream = torch.cat([batches.indices(b) for b in range(26)])  # 1,664 rows: into pass 3
+    orders = [
+        torch.randperm(550, generator=torch.Generator().manual_seed(derive_seed(7, "order", k)))
+        for k in range(4)
+    ]
+    assert torch.equal(stream, torch.cat(orders)[: len(stream)])
 
 
 def test_with_accumulation_an_epoch_ends_on_a_whole_optimizer_step(mnist_dir):
@@ -170,6 +188,8 @@ def test_validation_and_test_masks_are_fixed_across_epochs_and_runs(mnist_dir):
     test_keep = fixed_keep(dm.fixed_noise("test", NUM_TEST), 0.3)
     assert 1 - test_keep.float().mean().item() == pytest.approx(0.3, abs=0.01)
     assert not torch.equal(fixed_keep(dm.fixed_noise("val", NUM_TEST), 0.3), test_keep)
+    reseeded = MNISTDataModule("unused", noise_prob=0.3, eval_mask_seed=1)  # data.eval_mask_seed
+    assert not torch.equal(fixed_keep(reseeded.fixed_noise("test", NUM_TEST), 0.3), test_keep)
 
 
 def test_fixed_masks_at_any_noise_level_are_nested_and_at_the_right_rate(mnist_dir):
@@ -211,8 +231,6 @@ def test_each_row_gets_the_same_eval_noise_for_any_batch_size_and_shard(
 
 
 def test_fashion_mnist_uses_the_same_split_rules(mnist_dir, tmp_path):
-    import shutil
-
     shutil.copytree(mnist_dir / "MNIST", tmp_path / "FashionMNIST")  # same format
     dm = datamodule(tmp_path, dataset="FashionMNIST")
     assert (len(dm.train_images), len(dm.val_images), len(dm.test_images)) == (
@@ -267,6 +285,26 @@ def test_mnist_is_checked_once_and_loaded_once_except_for_ones_own_images(mnist_
     own.prepare_data()
     own.setup("predict")
     assert len(checked) == 1 and own.train_images is None  # no MNIST needed, none loaded
+
+
+def test_setup_loads_the_files_and_never_downloads(mnist_dir, monkeypatch):
+    """Fetching is prepare_data's, on one process; setup runs on every process."""
+    fetched = []
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda self: fetched.append(self))
+    dm = MNISTDataModule(str(mnist_dir), num_val=NUM_VAL)
+    dm.setup()
+    assert len(dm.train_images) == NUM_TRAIN_FILE - NUM_VAL and len(dm.test_images) == NUM_TEST
+    assert not fetched
+
+
+def test_a_batch_on_its_device_stays_as_it_is_and_another_moves_there():
+    """Training batches are gathered on the training device: nothing to move. The meta device
+    stands in for a GPU."""
+    dm = MNISTDataModule("unused")
+    batch = (torch.zeros(2, 784, dtype=torch.uint8), 3)
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    images, index = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert images.device.type == "meta" and images.shape == (2, 784) and index == 3
 
 
 @pytest.mark.parametrize(
