@@ -128,7 +128,24 @@ def test_without_a_trainer_the_training_batches_start_at_batch_0_on_the_cpu(mnis
         assert images.device.type == "cpu" and torch.equal(images, same)
 
 
-@pytest.mark.parametrize("noise_prob", [0.1, 0.3, 0.7])
+def test_a_pixel_is_dropped_where_its_draw_is_below_noise_prob():
+    """P(draw < noise_prob) is exactly noise_prob: a draw equal to it keeps its pixel."""
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.rand(784, generator=generator)
+    noise_prob = draws[0].item()
+    keep = keep_mask(torch.Size([784]), noise_prob, generator.manual_seed(0))
+    assert keep[0] and torch.equal(keep, draws >= noise_prob)
+
+
+def test_a_mask_is_drawn_on_its_generators_device():
+    """Whatever the default device (a GPU's, say; the meta device stands in for it)."""
+    with torch.device("meta"):
+        keep = keep_mask(torch.Size([4, 784]), 0.3, torch.Generator().manual_seed(0))
+    assert keep.device.type == "cpu"
+
+
+# (1: every pixel dropped; the settings refuse it, the data module's Python API takes it)
+@pytest.mark.parametrize("noise_prob", [0.1, 0.3, 0.7, 1.0])
 def test_training_masks_drop_pixels_at_noise_prob(mnist_dir, noise_prob):
     dm = datamodule(mnist_dir, batch_size=256, noise_prob=noise_prob)
     clean = torch.ones(256, 784)
