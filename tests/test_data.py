@@ -32,6 +32,13 @@ def train_batches(dm, seed=None, start=0, batches_per_step=1) -> TrainBatches:
     )
 
 
+def pass_order(seed: int, pass_index: int, n: int) -> torch.Tensor:
+    """The documented order of pass `pass_index`: a permutation of n rows from a generator
+    seeded with (seed, "order", pass_index)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "order", pass_index))
+    return torch.randperm(n, generator=generator)
+
+
 def first_train_batch(dm: MNISTDataModule, start: int = 0):
     """The (clean, masked) float minibatch of training batch `start`, as the model gets it."""
     return dm.on_after_batch_transfer(next(iter(train_batches(dm, start=start))))
@@ -87,11 +94,8 @@ def test_the_batches_run_through_each_passs_order_in_turn():
     batches = TrainBatches(images, 64, 7, lambda: 0)  # 9 batches a pass: batch 8 straddles
     assert len(batches) == 9
     stream = torch.cat([batches.indices(b) for b in range(26)])  # 1,664 rows: into pass 3
-    orders = [
-        torch.randperm(550, generator=torch.Generator().manual_seed(derive_seed(7, "order", k)))
-        for k in range(4)
-    ]
-    assert torch.equal(stream, torch.cat(orders)[: len(stream)])
+    orders = torch.cat([pass_order(7, k, 550) for k in range(4)])
+    assert torch.equal(stream, orders[: len(stream)])
 
 
 def test_with_accumulation_an_epoch_ends_on_a_whole_optimizer_step(mnist_dir):
@@ -189,9 +193,7 @@ def test_the_order_and_masks_are_the_documented_seeded_streams(mnist_dir):
     expected = keep_mask(shape, 0.3, torch.Generator().manual_seed(derive_seed(7, "mask", 12)))
     assert torch.equal(dm.train_keep(12, shape, cpu), expected)
     batches = TrainBatches(dm.train_images, 64, 7, lambda: 0)
-    first_pass = torch.Generator().manual_seed(derive_seed(7, "order", 0))
-    order = torch.randperm(len(dm.train_images), generator=first_pass)
-    assert torch.equal(batches.indices(3), order[192:256])
+    assert torch.equal(batches.indices(3), pass_order(7, 0, len(dm.train_images))[192:256])
 
 
 def test_validation_and_test_masks_are_fixed_across_epochs_and_runs(mnist_dir):

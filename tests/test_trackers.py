@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import yaml
 
+from autoencoders.callbacks import DivergenceError
 from autoencoders.reporting import SETTINGS
 from train import train
 
@@ -64,7 +65,6 @@ def test_wandb_offline_gets_the_settings_final_metrics_and_pictures_a_run_per_jo
     read from the run object, through W&B's client, before train() closes it. A failed run's
     W&B run is closed too: the next job in the process gets a run of its own."""
     import train as train_module
-    from autoencoders.callbacks import DivergenceError
 
     with pytest.raises(DivergenceError):
         train(make_cfg(*LEAN, "logger=wandb", "optimizer=sgd", "learning_rate=1e38",
